@@ -1,0 +1,276 @@
+//! Regions and tenants: the configuration every part shares, with validation.
+//!
+//! Regions are data: `eu`, `ca` and `sg` ship in the example config, and adding
+//! one is a config change. A tenant is pinned to one or more regions and has a
+//! home region where its jobs run unless a source names another allowed region.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::OutputSpec;
+use crate::validate::check_output;
+
+/// Identifier of a region, such as `eu`: lowercase letters, digits and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RegionId(String);
+
+/// Identifier of a tenant, such as `demo-eu`: lowercase letters, digits and `-`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantId(String);
+
+fn check_identifier(kind: &str, value: &str, max_len: usize) -> Result<(), String> {
+    let ok_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if value.is_empty() || value.len() > max_len || !ok_chars || value.starts_with('-') {
+        return Err(format!(
+            "{kind} id {value:?} must be 1 to {max_len} characters of a-z, 0-9 and '-', not starting with '-'"
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! identifier {
+    ($type:ident, $kind:literal, $max:literal) => {
+        impl $type {
+            pub fn new(value: impl Into<String>) -> Result<Self, String> {
+                let value = value.into();
+                check_identifier($kind, &value, $max)?;
+                Ok(Self(value))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $type {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                Self::new(value)
+            }
+        }
+        impl From<$type> for String {
+            fn from(id: $type) -> String {
+                id.0
+            }
+        }
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+identifier!(RegionId, "region", 32);
+identifier!(TenantId, "tenant", 63);
+
+/// The whole configuration file. Unknown fields are errors so typos fail loudly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    pub regions: BTreeMap<RegionId, RegionConfig>,
+    pub tenants: BTreeMap<TenantId, TenantConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Secret for pseudonymising client IPs (HMAC-SHA256). Rotate it to unlink old pseudonyms.
+    #[serde(default = "default_pseudonymisation_key")]
+    pub pseudonymisation_key: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_string()
+}
+
+/// Only good for demos; the scheduler warns when it is in use.
+pub const DEMO_PSEUDONYMISATION_KEY: &str = "demo-only-change-me";
+
+fn default_pseudonymisation_key() -> String {
+    DEMO_PSEUDONYMISATION_KEY.to_string()
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            pseudonymisation_key: default_pseudonymisation_key(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Human-readable location, e.g. "European Union (Frankfurt)".
+    pub description: String,
+    /// Object store URL of this region (`file:///path`); `locality up` uses `--data-dir/REGION` when absent.
+    #[serde(default)]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Regions this tenant's images may be processed and stored in.
+    pub regions: Vec<RegionId>,
+    /// Region used when a request names none.
+    pub home: RegionId,
+    /// SHA-256 (hex) of the tenant's API key; the key itself is never stored.
+    pub api_key_sha256: String,
+    /// Days after which outputs are deleted by the retention sweep.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Named output lists a job can ask for with `preset`.
+    #[serde(default)]
+    pub presets: BTreeMap<String, Preset>,
+}
+
+fn default_retention_days() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub outputs: Vec<OutputSpec>,
+}
+
+/// Limits that protect workers from hostile input. Checked from headers before decoding.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest source image, in pixels, that a worker will decode.
+    pub max_source_pixels: u64,
+    /// Largest width or height of a source image.
+    pub max_source_side: u32,
+    /// Largest source file in bytes.
+    pub max_source_bytes: u64,
+    /// Largest width or height of one output.
+    pub max_output_side: u32,
+    /// Most outputs one job may ask for.
+    pub max_outputs_per_job: usize,
+    /// Decoded pixels a worker holds in flight at once, across all its jobs.
+    pub worker_pixel_budget: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_source_pixels: 200_000_000,
+            max_source_side: 65_000,
+            max_source_bytes: 256 * 1024 * 1024,
+            max_output_side: 8192,
+            max_outputs_per_job: 16,
+            worker_pixel_budget: 120_000_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config is not valid TOML or has wrong fields: {source}")]
+    Parse {
+        #[from]
+        source: toml::de::Error,
+    },
+    #[error("config field {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: references between regions and tenants, hashes, presets.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.regions.is_empty() {
+            return Err(invalid("regions", "at least one region is required"));
+        }
+        for (id, tenant) in &self.tenants {
+            let field = |name: &str| format!("tenants.{id}.{name}");
+            if tenant.regions.is_empty() {
+                return Err(invalid(field("regions"), "a tenant needs at least one region"));
+            }
+            for region in &tenant.regions {
+                if !self.regions.contains_key(region) {
+                    return Err(invalid(
+                        field("regions"),
+                        format!("region {region} is not defined under [regions]"),
+                    ));
+                }
+            }
+            if !tenant.regions.contains(&tenant.home) {
+                return Err(invalid(
+                    field("home"),
+                    format!("home region {} is not one of the tenant's regions", tenant.home),
+                ));
+            }
+            let hash = &tenant.api_key_sha256;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    field("api_key_sha256"),
+                    "must be the 64 hex digits of the SHA-256 of the API key",
+                ));
+            }
+            if tenant.retention_days == 0 {
+                return Err(invalid(field("retention_days"), "must be at least 1"));
+            }
+            for (name, preset) in &tenant.presets {
+                if preset.outputs.is_empty() {
+                    return Err(invalid(field(&format!("presets.{name}")), "has no outputs"));
+                }
+                for (index, output) in preset.outputs.iter().enumerate() {
+                    check_output(output, &self.limits).map_err(|(sub, reason)| {
+                        invalid(field(&format!("presets.{name}.outputs[{index}].{sub}")), reason)
+                    })?;
+                }
+            }
+        }
+        if self.limits.max_source_pixels == 0 || self.limits.worker_pixel_budget == 0 {
+            return Err(invalid("limits", "pixel limits must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<(&TenantId, &TenantConfig)> {
+        self.tenants.iter().find(|(tenant, _)| tenant.as_str() == id)
+    }
+
+    pub fn region(&self, id: &str) -> Option<(&RegionId, &RegionConfig)> {
+        self.regions.iter().find(|(region, _)| region.as_str() == id)
+    }
+
+    /// The tenant whose API key this is, compared in constant time against every hash.
+    pub fn tenant_for_api_key(&self, api_key: &str) -> Option<&TenantId> {
+        let mut found = None;
+        for (id, tenant) in &self.tenants {
+            if crate::privacy::api_key_matches(api_key, &tenant.api_key_sha256) {
+                found = Some(id);
+            }
+        }
+        found
+    }
+}

@@ -1,0 +1,170 @@
+//! The v1 job envelope (what upload pipelines submit) and the job message
+//! (what the scheduler hands to a regional worker after validation).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RegionId, TenantId};
+
+/// Version of the envelope and message schema; bumped on incompatible change.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// A transform job as submitted over HTTP (`POST /v1/jobs`) or AMQP (`locality.submit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEnvelope {
+    /// Schema version; must be 1.
+    pub v: u32,
+    pub tenant: String,
+    pub source: SourceRef,
+    /// Pseudonymous id of the person the image is about; makes their files one prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Id grouping an original with its outputs; derived from the source key when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputSpec>,
+    /// Name of a tenant preset, used instead of (or in addition to) `outputs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Resubmitting with the same key returns the first job instead of a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// End user's IP; pseudonymised on arrival and never stored raw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRef {
+    /// Key of the original under the tenant's area, as given to `PUT /v1/sources/{key}`.
+    pub key: String,
+    /// Region holding the original; the tenant's home region when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Name of the output, unique within the job: `[A-Za-z0-9_-]{1,64}`.
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    #[serde(default)]
+    pub fit: Fit,
+    pub format: ImageFormat,
+    /// 1 to 100; a per-format default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+    /// Allow the output to be larger than the source. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upscale: bool,
+}
+
+/// How the source is fitted into `width` x `height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Keep the aspect ratio, fit entirely inside the box.
+    #[default]
+    Inside,
+    /// Keep the aspect ratio, cover the box and crop the overflow from the centre.
+    Cover,
+    /// Stretch to exactly the box.
+    Fill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Avif,
+}
+
+impl ImageFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "jpg",
+            ImageFormat::Png => "png",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Avif => "avif",
+        }
+    }
+
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            ImageFormat::Jpeg => "image/jpeg",
+            ImageFormat::Png => "image/png",
+            ImageFormat::Webp => "image/webp",
+            ImageFormat::Avif => "image/avif",
+        }
+    }
+
+    /// Quality used when an output names none.
+    pub fn default_quality(self) -> u8 {
+        match self {
+            ImageFormat::Jpeg => 82,
+            ImageFormat::Png => 100,
+            ImageFormat::Webp => 80,
+            ImageFormat::Avif => 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// A person is waiting: served before any batch work.
+    #[default]
+    Interactive,
+    /// Backfills and bulk work.
+    Batch,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
+/// One output after validation: defaults filled in and its object key fixed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolvedOutput {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub fit: Fit,
+    pub format: ImageFormat,
+    pub quality: u8,
+    pub upscale: bool,
+    /// Full object key in the region's store; deterministic, so a redelivered job overwrites.
+    pub key: String,
+}
+
+/// What the scheduler hands to the worker pool of one region.
+///
+/// It carries opaque keys and operations only: never image bytes, never a raw IP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobMessage {
+    pub v: u32,
+    pub job_id: uuid::Uuid,
+    pub tenant: TenantId,
+    pub region: RegionId,
+    /// Full object key of the original in the region's store.
+    pub source_key: String,
+    pub outputs: Vec<ResolvedOutput>,
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_pseudonym: Option<String>,
+}

@@ -1,0 +1,158 @@
+//! Where things live in a region's object store.
+//!
+//! ```text
+//! TENANT/subjects/SUBJECT/assets/ASSET/original/KEY
+//! TENANT/subjects/SUBJECT/assets/ASSET/outputs/NAME.EXT
+//! ```
+//! SUBJECT is `_` for images not tied to a data subject. So "everything of this
+//! person" is the prefix `TENANT/subjects/SUBJECT/` and "everything of this asset"
+//! is `TENANT/subjects/SUBJECT/assets/ASSET/`: erasure and export are a prefix
+//! list and delete, never a scan.
+
+use sha2::{Digest, Sha256};
+
+use crate::config::TenantId;
+use crate::envelope::ImageFormat;
+
+/// Stands in for the subject of images that are about no one in particular.
+pub const NO_SUBJECT: &str = "_";
+
+/// Longest source key accepted.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Checks a client-chosen key: relative, no `..` or `.` segments, no empty segments,
+/// printable ASCII from a safe set. Returns the reason when it is refused.
+pub fn check_source_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(format!("must be 1 to {MAX_KEY_LEN} bytes long"));
+    }
+    if key.starts_with('/') {
+        return Err("must be relative to the tenant's area (no leading '/')".into());
+    }
+    if let Some(bad) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "has the character {bad:?}; allowed are A-Z a-z 0-9 / - _ ."
+        ));
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err("has an empty path segment ('//' or a trailing '/')".into()),
+            "." | ".." => {
+                return Err(format!(
+                    "has a {segment:?} segment, which would escape the tenant's area"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a subject, asset or output name: `[A-Za-z0-9_-]{1,64}`, not `_` alone.
+pub fn check_name(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value != NO_SUBJECT
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} must be 1 to 64 characters of A-Z a-z 0-9 - _ (and not \"_\" alone)"
+        ))
+    }
+}
+
+/// Asset id used when a job names none: stable for one source key.
+pub fn default_asset_id(source_key: &str) -> String {
+    let digest = Sha256::digest(source_key.as_bytes());
+    format!("k{}", hex::encode(&digest[..8]))
+}
+
+/// Everything stored for one asset of one subject of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetLocation {
+    pub tenant: TenantId,
+    pub subject: Option<String>,
+    pub asset: String,
+}
+
+impl AssetLocation {
+    pub fn prefix(&self) -> String {
+        format!(
+            "{}{}/",
+            subject_prefix(&self.tenant, self.subject.as_deref()),
+            format_args!("assets/{}", self.asset)
+        )
+    }
+
+    pub fn original(&self, source_key: &str) -> String {
+        format!("{}original/{source_key}", self.prefix())
+    }
+
+    pub fn output(&self, name: &str, format: ImageFormat) -> String {
+        format!("{}outputs/{name}.{}", self.prefix(), format.extension())
+    }
+}
+
+/// `TENANT/`: everything a tenant may touch.
+pub fn tenant_prefix(tenant: &TenantId) -> String {
+    format!("{tenant}/")
+}
+
+/// `TENANT/subjects/SUBJECT/`: everything about one data subject.
+pub fn subject_prefix(tenant: &TenantId, subject: Option<&str>) -> String {
+    format!("{tenant}/subjects/{}/", subject.unwrap_or(NO_SUBJECT))
+}
+
+/// Whether a full object key lies inside the tenant's area.
+pub fn belongs_to_tenant(key: &str, tenant: &TenantId) -> bool {
+    key.strip_prefix(&tenant_prefix(tenant))
+        .is_some_and(|rest| check_source_key(rest).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_escaping_the_tenant_area_are_refused() {
+        for key in ["../demo-ca/x.jpg", "a/../../b.jpg", "/etc/passwd", "a//b", "a/./b", "", "a b"] {
+            assert!(check_source_key(key).is_err(), "{key:?} should be refused");
+        }
+        for key in ["x.jpg", "2024/07/IMG_0001.JPG", "a-b_c.d/e"] {
+            assert!(check_source_key(key).is_ok(), "{key:?} should pass");
+        }
+    }
+
+    #[test]
+    fn layout_makes_subject_and_asset_a_prefix() {
+        let tenant = TenantId::new("demo-eu").unwrap();
+        let location = AssetLocation {
+            tenant: tenant.clone(),
+            subject: Some("user-42".into()),
+            asset: "a1".into(),
+        };
+        let subject = subject_prefix(&tenant, Some("user-42"));
+        assert!(location.original("x/y.jpg").starts_with(&location.prefix()));
+        assert!(location.output("thumb", ImageFormat::Webp).starts_with(&location.prefix()));
+        assert!(location.prefix().starts_with(&subject));
+        assert_eq!(
+            location.output("thumb", ImageFormat::Webp),
+            "demo-eu/subjects/user-42/assets/a1/outputs/thumb.webp"
+        );
+        assert!(belongs_to_tenant(&location.original("x.jpg"), &tenant));
+        assert!(!belongs_to_tenant("demo-ca/x.jpg", &tenant));
+    }
+
+    #[test]
+    fn default_asset_is_stable_per_key() {
+        assert_eq!(default_asset_id("a.jpg"), default_asset_id("a.jpg"));
+        assert_ne!(default_asset_id("a.jpg"), default_asset_id("b.jpg"));
+    }
+}

@@ -1,0 +1,98 @@
+//! What a worker reports about a job, and the status the scheduler shows for it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RegionId, TenantId};
+use crate::envelope::ImageFormat;
+
+/// Final outcome; also the last part of the result's routing key (`TENANT.OUTCOME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobOutcome {
+    Succeeded,
+    /// The job ran and could not be done (bad image, store down after retries).
+    Failed,
+    /// The job was not accepted (residency, tenant, malformed envelope).
+    Refused,
+}
+
+impl JobOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Succeeded => "succeeded",
+            JobOutcome::Failed => "failed",
+            JobOutcome::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Refused,
+}
+
+impl From<JobOutcome> for JobStatus {
+    fn from(outcome: JobOutcome) -> Self {
+        match outcome {
+            JobOutcome::Succeeded => JobStatus::Succeeded,
+            JobOutcome::Failed => JobStatus::Failed,
+            JobOutcome::Refused => JobStatus::Refused,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    pub name: String,
+    pub key: String,
+    pub region: RegionId,
+    pub width: u32,
+    pub height: u32,
+    pub format: ImageFormat,
+    pub bytes: u64,
+}
+
+/// Milliseconds spent in each stage of one job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageTimings {
+    pub fetch_ms: f64,
+    pub decode_ms: f64,
+    pub resize_ms: f64,
+    pub encode_ms: f64,
+    pub store_ms: f64,
+    pub total_ms: f64,
+}
+
+/// A stable machine-readable code plus a sentence for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub v: u32,
+    pub job_id: uuid::Uuid,
+    pub tenant: TenantId,
+    pub region: RegionId,
+    pub outcome: JobOutcome,
+    #[serde(default)]
+    pub outputs: Vec<OutputInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub timings: StageTimings,
+}
+
+impl JobResult {
+    /// Routing key on `locality.results`: `TENANT.OUTCOME`.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.tenant, self.outcome.as_str())
+    }
+}
