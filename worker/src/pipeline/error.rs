@@ -1,0 +1,42 @@
+//! Why an image could not be processed. Every variant is permanent: retrying the
+//! same bytes gives the same answer, so the job fails at once with this reason.
+
+use locality_proto::ImageFormat;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error("unsupported source format: {detail}")]
+    UnsupportedFormat { detail: String },
+    #[error("source image too large: {detail}")]
+    TooLarge { detail: String },
+    #[error("corrupt or truncated {format} image: {detail}")]
+    Corrupt {
+        format: &'static str,
+        detail: String,
+    },
+    #[error("could not encode {format:?} output: {detail}")]
+    Encode { format: ImageFormat, detail: String },
+    #[error("could not resize: {detail}")]
+    Resize { detail: String },
+}
+
+impl PipelineError {
+    /// Stable machine-readable code for job results.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PipelineError::UnsupportedFormat { .. } => "unsupported_format",
+            PipelineError::TooLarge { .. } => "image_too_large",
+            PipelineError::Corrupt { .. } => "corrupt_image",
+            PipelineError::Encode { .. } => "encode_failed",
+            PipelineError::Resize { .. } => "resize_failed",
+        }
+    }
+
+    pub(crate) fn corrupt(format: &'static str, detail: impl ToString) -> Self {
+        PipelineError::Corrupt {
+            format,
+            detail: detail.to_string(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The image pipeline: decode once, then derive every output from that one decode.
+//!
+//! probe (header only: format, size, orientation, ICC) → limits check →
+//! decode with shrink-on-load as far as the largest output allows →
+//! per output in parallel: crop/resize (Lanczos3, SIMD) → orient → sRGB → encode.
+//! Nothing of the source's metadata (EXIF, GPS, XMP, IPTC, ICC) is written out:
+//! outputs are encoded from pixels alone.
+
+mod color;
+mod decode;
+mod encode;
+mod error;
+mod geometry;
+mod orient;
+mod probe;
+mod resize;
+
+use std::time::Instant;
+
+use locality_proto::envelope::ResolvedOutput;
+use locality_proto::{ImageFormat, Limits};
+use rayon::prelude::*;
+
+pub use decode::Decoded;
+pub use error::PipelineError;
+pub use geometry::{plan_output, OutputPlan};
+pub use probe::{probe, Probe, SourceFormat};
+
+/// Pixels in memory: 8-bit RGB or RGBA, rows packed.
+#[derive(Debug, Clone)]
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub data: Vec<u8>,
+}
+
+impl Pixels {
+    pub fn has_alpha(&self) -> bool {
+        self.channels == 4
+    }
+}
+
+/// What one output asks for; the pipeline does not care where it will be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRequest {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub fit: locality_proto::Fit,
+    pub format: ImageFormat,
+    pub quality: u8,
+    pub upscale: bool,
+}
+
+impl From<&ResolvedOutput> for OutputRequest {
+    fn from(output: &ResolvedOutput) -> Self {
+        Self {
+            name: output.name.clone(),
+            width: output.width,
+            height: output.height,
+            fit: output.fit,
+            format: output.format,
+            quality: output.quality,
+            upscale: output.upscale,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EncodedOutput {
+    pub name: String,
+    pub format: ImageFormat,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// CPU milliseconds per stage (resize and encode summed over outputs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipelineTimings {
+    pub decode_ms: f64,
+    pub resize_ms: f64,
+    pub encode_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub source: Probe,
+    /// Size the decoder produced after shrink-on-load.
+    pub decoded_width: u32,
+    pub decoded_height: u32,
+    pub outputs: Vec<EncodedOutput>,
+    pub timings: PipelineTimings,
+}
+
+/// Tuning that does not change the contract of the outputs.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineOptions {
+    /// How much larger than an output the shrink-on-load decode must stay (1.0 = at least its size).
+    pub shrink_on_load_margin: f64,
+    /// AV1 encoder speed (rav1e 0..=10).
+    pub avif_speed: u8,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            shrink_on_load_margin: 1.0,
+            avif_speed: 8,
+        }
+    }
+}
+
+/// Decoded pixels this source will need, after shrink-on-load, for these outputs.
+/// Used to reserve a share of the worker's pixel budget before decoding.
+pub fn decoded_pixels_needed(
+    probe: &Probe,
+    outputs: &[OutputRequest],
+    options: &PipelineOptions,
+) -> u64 {
+    let plans: Vec<OutputPlan> = outputs.iter().map(|o| plan_output(probe, o)).collect();
+    let (width, height) = decode::decoded_size(probe, &plans, options);
+    u64::from(width) * u64::from(height)
+}
+
+/// Runs the whole pipeline on one source. CPU-bound: call it from a rayon thread.
+pub fn run(
+    source: &[u8],
+    outputs: &[OutputRequest],
+    limits: &Limits,
+    options: &PipelineOptions,
+) -> Result<Rendered, PipelineError> {
+    let probe = probe(source)?;
+    probe.check_limits(source.len(), limits)?;
+    let plans: Vec<OutputPlan> = outputs.iter().map(|o| plan_output(&probe, o)).collect();
+
+    let started = Instant::now();
+    let decoded = decode::decode(source, &probe, &plans, options)?;
+    let decode_ms = elapsed_ms(started);
+
+    let results: Vec<Result<(EncodedOutput, f64, f64), PipelineError>> = outputs
+        .par_iter()
+        .zip(plans.par_iter())
+        .map(|(request, plan)| render_one(&decoded, &probe, request, plan, options))
+        .collect();
+
+    let mut timings = PipelineTimings {
+        decode_ms,
+        ..Default::default()
+    };
+    let mut encoded = Vec::with_capacity(results.len());
+    for result in results {
+        let (output, resize_ms, encode_ms) = result?;
+        timings.resize_ms += resize_ms;
+        timings.encode_ms += encode_ms;
+        encoded.push(output);
+    }
+    Ok(Rendered {
+        decoded_width: decoded.pixels.width,
+        decoded_height: decoded.pixels.height,
+        source: probe,
+        outputs: encoded,
+        timings,
+    })
+}
+
+fn render_one(
+    decoded: &Decoded,
+    probe: &Probe,
+    request: &OutputRequest,
+    plan: &OutputPlan,
+    options: &PipelineOptions,
+) -> Result<(EncodedOutput, f64, f64), PipelineError> {
+    let started = Instant::now();
+    // Resize in stored orientation, then rotate the (small) result.
+    let (stored_width, stored_height) = plan.stored_size(probe.orientation);
+    let (crop_width, crop_height) = plan.stored_crop_fraction(probe.orientation);
+    let resized = resize::crop_and_resize(
+        &decoded.pixels,
+        crop_width,
+        crop_height,
+        stored_width,
+        stored_height,
+    )?;
+    let mut pixels = orient::apply(resized, probe.orientation);
+    if let Some(transform) = &decoded.to_srgb {
+        transform.apply(&mut pixels);
+    }
+    let resize_ms = elapsed_ms(started);
+
+    let started = Instant::now();
+    let bytes = encode::encode(&pixels, request.format, request.quality, options)?;
+    let encode_ms = elapsed_ms(started);
+    Ok((
+        EncodedOutput {
+            name: request.name.clone(),
+            format: request.format,
+            width: pixels.width,
+            height: pixels.height,
+            bytes,
+        },
+        resize_ms,
+        encode_ms,
+    ))
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Versions of the codecs linked into this build, for benchmark reports.
+pub fn codec_versions() -> String {
+    // SAFETY: a pure query of a linked constant.
+    let webp = unsafe { libwebp_sys::WebPGetEncoderVersion() };
+    format!(
+        "libjpeg-turbo 3 (bundled), libwebp {}.{}.{}, rav1e via ravif, fast_image_resize 6",
+        (webp >> 16) & 0xff,
+        (webp >> 8) & 0xff,
+        webp & 0xff
+    )
+}
