@@ -212,7 +212,10 @@ impl Config {
         for (id, tenant) in &self.tenants {
             let field = |name: &str| format!("tenants.{id}.{name}");
             if tenant.regions.is_empty() {
-                return Err(invalid(field("regions"), "a tenant needs at least one region"));
+                return Err(invalid(
+                    field("regions"),
+                    "a tenant needs at least one region",
+                ));
             }
             for region in &tenant.regions {
                 if !self.regions.contains_key(region) {
@@ -225,7 +228,10 @@ impl Config {
             if !tenant.regions.contains(&tenant.home) {
                 return Err(invalid(
                     field("home"),
-                    format!("home region {} is not one of the tenant's regions", tenant.home),
+                    format!(
+                        "home region {} is not one of the tenant's regions",
+                        tenant.home
+                    ),
                 ));
             }
             let hash = &tenant.api_key_sha256;
@@ -244,7 +250,10 @@ impl Config {
                 }
                 for (index, output) in preset.outputs.iter().enumerate() {
                     check_output(output, &self.limits).map_err(|(sub, reason)| {
-                        invalid(field(&format!("presets.{name}.outputs[{index}].{sub}")), reason)
+                        invalid(
+                            field(&format!("presets.{name}.outputs[{index}].{sub}")),
+                            reason,
+                        )
                     })?;
                 }
             }
@@ -256,11 +265,15 @@ impl Config {
     }
 
     pub fn tenant(&self, id: &str) -> Option<(&TenantId, &TenantConfig)> {
-        self.tenants.iter().find(|(tenant, _)| tenant.as_str() == id)
+        self.tenants
+            .iter()
+            .find(|(tenant, _)| tenant.as_str() == id)
     }
 
     pub fn region(&self, id: &str) -> Option<(&RegionId, &RegionConfig)> {
-        self.regions.iter().find(|(region, _)| region.as_str() == id)
+        self.regions
+            .iter()
+            .find(|(region, _)| region.as_str() == id)
     }
 
     /// The tenant whose API key this is, compared in constant time against every hash.

@@ -122,7 +122,15 @@ mod tests {
 
     #[test]
     fn keys_escaping_the_tenant_area_are_refused() {
-        for key in ["../demo-ca/x.jpg", "a/../../b.jpg", "/etc/passwd", "a//b", "a/./b", "", "a b"] {
+        for key in [
+            "../demo-ca/x.jpg",
+            "a/../../b.jpg",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "",
+            "a b",
+        ] {
             assert!(check_source_key(key).is_err(), "{key:?} should be refused");
         }
         for key in ["x.jpg", "2024/07/IMG_0001.JPG", "a-b_c.d/e"] {
@@ -140,7 +148,9 @@ mod tests {
         };
         let subject = subject_prefix(&tenant, Some("user-42"));
         assert!(location.original("x/y.jpg").starts_with(&location.prefix()));
-        assert!(location.output("thumb", ImageFormat::Webp).starts_with(&location.prefix()));
+        assert!(location
+            .output("thumb", ImageFormat::Webp)
+            .starts_with(&location.prefix()));
         assert!(location.prefix().starts_with(&subject));
         assert_eq!(
             location.output("thumb", ImageFormat::Webp),

@@ -14,11 +14,11 @@ pub mod keys;
 pub mod privacy;
 pub mod result;
 pub mod topology;
-mod validate;
+pub mod validate;
 
 pub use config::{Config, ConfigError, Limits, RegionConfig, RegionId, TenantConfig, TenantId};
 pub use envelope::{
     Fit, ImageFormat, JobEnvelope, JobMessage, OutputSpec, Priority, SourceRef, ENVELOPE_VERSION,
 };
-pub use result::{JobOutcome, JobResult, JobStatus, OutputInfo, StageTimings};
+pub use result::{JobError, JobEvent, JobOutcome, JobResult, JobStatus, OutputInfo, StageTimings};
 pub use validate::{Refusal, ValidatedJob};

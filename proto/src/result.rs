@@ -96,3 +96,15 @@ impl JobResult {
         format!("{}.{}", self.tenant, self.outcome.as_str())
     }
 }
+
+/// What a worker tells the scheduler while a job moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum JobEvent {
+    Started {
+        job_id: uuid::Uuid,
+        tenant: TenantId,
+        region: RegionId,
+    },
+    Finished(JobResult),
+}

@@ -15,7 +15,9 @@ use crate::keys::{check_name, check_source_key, default_asset_id, AssetLocation}
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
-    #[error("envelope version {version} is not supported (this server speaks v{ENVELOPE_VERSION})")]
+    #[error(
+        "envelope version {version} is not supported (this server speaks v{ENVELOPE_VERSION})"
+    )]
     UnsupportedVersion { version: u32 },
     #[error("unknown tenant {tenant:?}")]
     UnknownTenant { tenant: String },
@@ -24,7 +26,10 @@ pub enum Refusal {
         authenticated: TenantId,
         requested: String,
     },
-    #[error("residency: tenant {tenant} may not use region {requested}; allowed regions: {}", join(allowed))]
+    #[error(
+        "residency: tenant {tenant} may not use region {requested}; allowed regions: {}",
+        join(allowed)
+    )]
     RegionNotAllowed {
         tenant: TenantId,
         requested: String,
@@ -106,7 +111,10 @@ pub(crate) fn check_output(
         if value > limits.max_output_side {
             return Err((
                 field,
-                format!("{value} is larger than the limit of {}", limits.max_output_side),
+                format!(
+                    "{value} is larger than the limit of {}",
+                    limits.max_output_side
+                ),
             ));
         }
     }
@@ -226,14 +234,20 @@ impl JobEnvelope {
                 let known: Vec<&str> = tenant_config.presets.keys().map(String::as_str).collect();
                 Refusal::invalid(
                     "preset",
-                    format!("unknown preset {preset:?}; this tenant has: {}", known.join(", ")),
+                    format!(
+                        "unknown preset {preset:?}; this tenant has: {}",
+                        known.join(", ")
+                    ),
                 )
             })?;
             specs.extend(&found.outputs);
         }
         specs.extend(&self.outputs);
         if specs.is_empty() {
-            return Err(Refusal::invalid("outputs", "a job needs at least one output or a preset"));
+            return Err(Refusal::invalid(
+                "outputs",
+                "a job needs at least one output or a preset",
+            ));
         }
         if specs.len() > config.limits.max_outputs_per_job {
             return Err(Refusal::invalid(
@@ -271,14 +285,18 @@ impl JobEnvelope {
 
         if let Some(key) = &self.idempotency_key {
             if key.is_empty() || key.len() > 128 {
-                return Err(Refusal::invalid("idempotency_key", "must be 1 to 128 bytes"));
+                return Err(Refusal::invalid(
+                    "idempotency_key",
+                    "must be 1 to 128 bytes",
+                ));
             }
         }
         let client_ip = match &self.client_ip {
             None => None,
-            Some(text) => Some(text.parse::<IpAddr>().map_err(|_| {
-                Refusal::invalid("client_ip", "is not an IPv4 or IPv6 address")
-            })?),
+            Some(text) => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|_| Refusal::invalid("client_ip", "is not an IPv4 or IPv6 address"))?,
+            ),
         };
 
         Ok(ValidatedJob {

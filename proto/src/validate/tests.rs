@@ -43,13 +43,18 @@ fn a_valid_envelope_resolves_home_region_keys_and_defaults() {
         .validate(&config(), &tenant("demo-eu"))
         .unwrap();
     assert_eq!(job.region.as_str(), "eu");
-    assert!(job.source_key.starts_with("demo-eu/subjects/user-1/assets/"));
+    assert!(job
+        .source_key
+        .starts_with("demo-eu/subjects/user-1/assets/"));
     assert!(job.source_key.ends_with("/original/photos/a.jpg"));
     assert_eq!(job.outputs[0].quality, 80);
     assert!(job.outputs[0].key.ends_with("/outputs/thumb.webp"));
     let message = job.into_message(uuid::Uuid::nil(), b"k");
     let json = serde_json::to_string(&message).unwrap();
-    assert!(!json.contains("198.51.100.23"), "raw IP must not travel: {json}");
+    assert!(
+        !json.contains("198.51.100.23"),
+        "raw IP must not travel: {json}"
+    );
 }
 
 #[test]
@@ -66,12 +71,16 @@ fn region_outside_the_pinning_is_refused_naming_tenant_region_and_allowed() {
 fn wrong_and_unknown_tenants_are_refused() {
     let env = envelope("demo-ca", "a.jpg");
     assert_eq!(
-        env.validate(&config(), &tenant("demo-eu")).unwrap_err().code(),
+        env.validate(&config(), &tenant("demo-eu"))
+            .unwrap_err()
+            .code(),
         "wrong_tenant"
     );
     let env = envelope("nobody", "a.jpg");
     assert_eq!(
-        env.validate(&config(), &tenant("demo-eu")).unwrap_err().code(),
+        env.validate(&config(), &tenant("demo-eu"))
+            .unwrap_err()
+            .code(),
         "unknown_tenant"
     );
 }
@@ -79,15 +88,33 @@ fn wrong_and_unknown_tenants_are_refused() {
 #[test]
 fn bad_fields_are_named() {
     let cases: Vec<(Box<dyn Fn(&mut JobEnvelope)>, &str)> = vec![
-        (Box::new(|e| e.source.key = "../demo-ca/x.jpg".into()), "source.key"),
+        (
+            Box::new(|e| e.source.key = "../demo-ca/x.jpg".into()),
+            "source.key",
+        ),
         (Box::new(|e| e.outputs[0].width = 0), "outputs[0].width"),
-        (Box::new(|e| e.outputs[0].height = 100_000), "outputs[0].height"),
-        (Box::new(|e| e.outputs[0].quality = Some(0)), "outputs[0].quality"),
-        (Box::new(|e| e.outputs[0].quality = Some(101)), "outputs[0].quality"),
-        (Box::new(|e| e.outputs[0].name = "a/b".into()), "outputs[0].name"),
+        (
+            Box::new(|e| e.outputs[0].height = 100_000),
+            "outputs[0].height",
+        ),
+        (
+            Box::new(|e| e.outputs[0].quality = Some(0)),
+            "outputs[0].quality",
+        ),
+        (
+            Box::new(|e| e.outputs[0].quality = Some(101)),
+            "outputs[0].quality",
+        ),
+        (
+            Box::new(|e| e.outputs[0].name = "a/b".into()),
+            "outputs[0].name",
+        ),
         (Box::new(|e| e.outputs.clear()), "outputs"),
         (Box::new(|e| e.subject = Some("../x".into())), "subject"),
-        (Box::new(|e| e.client_ip = Some("not-an-ip".into())), "client_ip"),
+        (
+            Box::new(|e| e.client_ip = Some("not-an-ip".into())),
+            "client_ip",
+        ),
         (Box::new(|e| e.preset = Some("nope".into())), "preset"),
         (
             Box::new(|e| {
@@ -115,10 +142,16 @@ fn unknown_format_version_and_fields_are_refused_when_parsing() {
     assert!(refusal.to_string().contains("bmp"), "{refusal}");
 
     let v2 = br#"{"v":2,"tenant":"demo-eu","source":{"key":"a.jpg"}}"#;
-    assert_eq!(JobEnvelope::from_json(v2).unwrap_err().code(), "unsupported_version");
+    assert_eq!(
+        JobEnvelope::from_json(v2).unwrap_err().code(),
+        "unsupported_version"
+    );
 
     let typo = br#"{"v":1,"tenant":"demo-eu","source":{"key":"a.jpg"},"outptus":[]}"#;
-    assert!(JobEnvelope::from_json(typo).unwrap_err().to_string().contains("outptus"));
+    assert!(JobEnvelope::from_json(typo)
+        .unwrap_err()
+        .to_string()
+        .contains("outptus"));
 }
 
 #[test]
@@ -146,6 +179,9 @@ fn config_errors_name_the_field() {
 #[test]
 fn api_keys_find_their_tenant() {
     let config = config();
-    assert_eq!(config.tenant_for_api_key("demo-sg-key").unwrap().as_str(), "demo-sg");
+    assert_eq!(
+        config.tenant_for_api_key("demo-sg-key").unwrap().as_str(),
+        "demo-sg"
+    );
     assert!(config.tenant_for_api_key("guess").is_none());
 }

@@ -1,0 +1,169 @@
+//! `locality up`: scheduler and one worker per region in one process.
+//!
+//! The same routing, pipeline, stores and job code run here as in the distributed
+//! mode; only the transport differs (tokio channels instead of a broker).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use locality_proto::{Config, JobMessage, RegionId};
+use locality_scheduler::{AppState, GatewayError, RegionGateway};
+use locality_worker::runtime::{in_process_queue, run_in_process, InProcessQueue};
+use locality_worker::{RegionStore, WorkerContext};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Address for the HTTP API (overrides scheduler.listen). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory holding one subfolder per region: the regions' local object stores.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Threads for image work (shared by all regions' workers). Defaults to the CPU count.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Jobs each region's worker runs at once (memory is bounded by the pixel budget too).
+    #[arg(long, default_value_t = 4)]
+    jobs_per_region: usize,
+}
+
+/// A region reached in-process: its queue, and its own store for uploads of originals.
+struct InProcessRegion {
+    region: RegionId,
+    queue: InProcessQueue,
+    store: RegionStore,
+}
+
+impl RegionGateway for InProcessRegion {
+    fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), GatewayError>> {
+        let result = self
+            .queue
+            .publish(job)
+            .map_err(|e| GatewayError::Unavailable {
+                region: self.region.to_string(),
+                reason: e.to_string(),
+            });
+        async move { result }.boxed()
+    }
+
+    fn put_source(
+        &self,
+        object_key: String,
+        bytes: Bytes,
+    ) -> BoxFuture<'_, Result<(), GatewayError>> {
+        async move {
+            self.store
+                .put(&object_key, bytes)
+                .await
+                .map_err(|e| GatewayError::Unavailable {
+                    region: self.region.to_string(),
+                    reason: e.to_string(),
+                })
+        }
+        .boxed()
+    }
+
+    fn queue_depth(&self) -> (usize, usize) {
+        self.queue.depth()
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+pub fn run(config: Config, args: UpArgs) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let cpu_pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("locality-image-{i}"))
+            .build()
+            .context("starting the image thread pool")?,
+    );
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(config, args, cpu_pool))
+}
+
+async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -> Result<()> {
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    crate::shutdown::on_signal(shutdown.clone());
+
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let mut gateways: BTreeMap<RegionId, Arc<dyn RegionGateway>> = BTreeMap::new();
+    let mut workers = Vec::new();
+    let mut data_dirs = Vec::new();
+    for region in config.regions.keys() {
+        let directory = args.data_dir.join(region.as_str());
+        let store = RegionStore::local_directory(region.clone(), &directory)
+            .with_context(|| format!("opening the store of region {region}"))?;
+        let (queue, consumer) = in_process_queue();
+        let context = Arc::new(WorkerContext::new(
+            store.clone(),
+            config.limits,
+            cpu_pool.clone(),
+        ));
+        workers.push(tokio::spawn(run_in_process(
+            context,
+            consumer,
+            events.clone(),
+            args.jobs_per_region,
+            shutdown.clone(),
+        )));
+        gateways.insert(
+            region.clone(),
+            Arc::new(InProcessRegion {
+                region: region.clone(),
+                queue,
+                store,
+            }),
+        );
+        data_dirs.push((region.clone(), directory));
+    }
+    drop(events);
+
+    let state = AppState::new(config.clone(), gateways);
+    let recorder = state.clone();
+    let event_loop = tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            recorder.record_event(event);
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!("locality up: listening on http://{address}");
+    for (region, directory) in &data_dirs {
+        let description = &config.regions[region].description;
+        println!(
+            "  region {region} ({description}): data in {}",
+            directory.display()
+        );
+    }
+    println!("  press Ctrl-C to drain and stop");
+
+    let http_shutdown = shutdown.clone();
+    axum::serve(listener, locality_scheduler::router(state))
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .await
+        .context("serving HTTP")?;
+    for worker in workers {
+        worker.await.context("a worker task failed")?;
+    }
+    event_loop.await.context("the result recorder failed")?;
+    println!("locality up: stopped");
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `locality`: region-pinned image processing.
+//!
+//! main stays thin: parse flags, load config, hand over to the chosen mode.
+
+mod config;
+mod embedded;
+mod shutdown;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "locality",
+    version,
+    about = "Region-pinned image processing: every image is processed and stored only in its tenant's region."
+)]
+struct Cli {
+    /// Configuration file (TOML). Defaults to the shipped example config (demo tenants).
+    /// Any value can be overridden by environment variables such as LOCALITY__SCHEDULER__LISTEN.
+    #[arg(long, global = true, env = "LOCALITY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embedded all-in-one: the scheduler plus one worker per configured region in one
+    /// process, with an in-process queue and a local directory per region.
+    Up(embedded::UpArgs),
+    /// Print the resolved configuration (defaults, file and environment merged) as TOML.
+    PrintConfig,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Up(args) => embedded::run(config, args),
+        Command::PrintConfig => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}

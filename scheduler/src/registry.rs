@@ -1,0 +1,101 @@
+//! Job status as the scheduler knows it, and idempotency keys.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use locality_proto::{JobError, JobEvent, JobStatus, OutputInfo, RegionId, StageTimings, TenantId};
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub job_id: Uuid,
+    pub tenant: TenantId,
+    pub region: RegionId,
+    pub status: JobStatus,
+    pub outputs: Vec<OutputInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub timings: StageTimings,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: HashMap<Uuid, JobRecord>,
+    idempotency: HashMap<(TenantId, String), Uuid>,
+}
+
+#[derive(Default)]
+pub struct JobRegistry {
+    inner: Mutex<Inner>,
+}
+
+pub enum Admission {
+    New,
+    /// The same idempotency key was seen: this is the first job's record.
+    Existing(JobRecord),
+}
+
+impl JobRegistry {
+    /// Records a queued job, unless its idempotency key was used before.
+    pub fn admit(&self, record: JobRecord, idempotency_key: Option<&str>) -> Admission {
+        let mut inner = self.inner.lock().expect("registry lock");
+        if let Some(key) = idempotency_key {
+            let index = (record.tenant.clone(), key.to_string());
+            if let Some(existing) = inner
+                .idempotency
+                .get(&index)
+                .and_then(|id| inner.jobs.get(id))
+            {
+                return Admission::Existing(existing.clone());
+            }
+            inner.idempotency.insert(index, record.job_id);
+        }
+        inner.jobs.insert(record.job_id, record);
+        Admission::New
+    }
+
+    pub fn get(&self, job_id: &Uuid) -> Option<JobRecord> {
+        self.inner
+            .lock()
+            .expect("registry lock")
+            .jobs
+            .get(job_id)
+            .cloned()
+    }
+
+    /// Marks a job failed before it reached a worker (the region's queue was unreachable).
+    pub fn fail(&self, job_id: &Uuid, error: JobError) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        if let Some(record) = inner.jobs.get_mut(job_id) {
+            record.status = JobStatus::Failed;
+            record.error = Some(error);
+        }
+    }
+
+    pub fn apply(&self, event: JobEvent) {
+        let mut inner = self.inner.lock().expect("registry lock");
+        match event {
+            JobEvent::Started { job_id, .. } => {
+                if let Some(record) = inner.jobs.get_mut(&job_id) {
+                    if record.status == JobStatus::Queued {
+                        record.status = JobStatus::Running;
+                    }
+                }
+            }
+            JobEvent::Finished(result) => {
+                if let Some(record) = inner.jobs.get_mut(&result.job_id) {
+                    // Only the region the job was routed to may report on it.
+                    if record.region != result.region || record.tenant != result.tenant {
+                        tracing::warn!(job_id = %result.job_id, "result from the wrong region or tenant ignored");
+                        return;
+                    }
+                    record.status = result.outcome.into();
+                    record.outputs = result.outputs;
+                    record.error = result.error;
+                    record.timings = result.timings;
+                }
+            }
+        }
+    }
+}
