@@ -1,0 +1,396 @@
+//! End to end through `locality up`: residency, refusals, outputs, bad input.
+
+mod common;
+
+use std::io::Cursor;
+
+use common::{files_under, fixture, Embedded, REGIONS};
+use image::GenericImageView;
+use serde_json::{json, Value};
+
+const PHOTOS: [(&str, &str); 3] = [
+    ("demo-eu", "photos/exifsamples_87_OSError.jpg"),
+    ("demo-ca", "photos/recurser_Landscape_6.jpg"),
+    ("demo-sg", "photos/pillow_xmp_test.jpg"),
+];
+
+fn all_formats() -> Value {
+    json!([
+        {"name": "large", "width": 640, "height": 640, "format": "jpeg", "quality": 82},
+        {"name": "square", "width": 200, "height": 200, "fit": "cover", "format": "webp"},
+        {"name": "stretched", "width": 120, "height": 90, "fit": "fill", "format": "png"},
+        {"name": "small", "width": 160, "height": 160, "format": "avif", "quality": 50}
+    ])
+}
+
+fn read_output(embedded: &Embedded, output: &Value) -> Vec<u8> {
+    let region = output["region"].as_str().unwrap();
+    let path = embedded
+        .region_dir(region)
+        .join(output["key"].as_str().unwrap());
+    std::fs::read(&path).unwrap_or_else(|e| panic!("output {} missing: {e}", path.display()))
+}
+
+/// Decodes with the image crate (AVIF through its header only: this build has no AV1 decoder).
+fn decoded_size(bytes: &[u8], format: &str) -> (u32, u32) {
+    if format == "avif" {
+        assert_eq!(&bytes[4..12], b"ftypavif", "not an AVIF file");
+        return avif_dimensions(bytes);
+    }
+    let guessed = image::guess_format(bytes).expect("output is an image");
+    let expected = match format {
+        "jpeg" => image::ImageFormat::Jpeg,
+        "png" => image::ImageFormat::Png,
+        "webp" => image::ImageFormat::WebP,
+        other => panic!("unexpected format {other}"),
+    };
+    assert_eq!(guessed, expected);
+    image::load_from_memory(bytes)
+        .expect("output decodes")
+        .dimensions()
+}
+
+/// Width and height from the `ispe` property of an AVIF file.
+fn avif_dimensions(bytes: &[u8]) -> (u32, u32) {
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"ispe")
+        .expect("ispe box");
+    let field =
+        |offset: usize| u32::from_be_bytes(bytes[at + offset..at + offset + 4].try_into().unwrap());
+    (field(8), field(12))
+}
+
+/// No EXIF, GPS, XMP, IPTC or ICC in the encoded bytes.
+fn assert_no_metadata(bytes: &[u8], what: &str) {
+    assert!(
+        exif::Reader::new()
+            .read_from_container(&mut Cursor::new(bytes))
+            .is_err(),
+        "{what}: EXIF survived"
+    );
+    for needle in [
+        &b"Exif\0\0"[..],
+        b"GPS",
+        b"http://ns.adobe.com/xap",
+        b"Photoshop 3.0",
+        b"ICC_PROFILE",
+        b"iCCP",
+        b"ICCP",
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{what}: found {:?} in the output",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_tenant_output_lands_only_in_its_region_with_the_requested_sizes() {
+    let embedded = Embedded::start();
+    for (tenant, photo) in PHOTOS {
+        let record = embedded
+            .run_job(tenant, photo, "in/photo.jpg", all_formats())
+            .await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        let home = tenant.trim_start_matches("demo-");
+        assert_eq!(record["region"], home);
+        let outputs = record["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), 4);
+        for output in outputs {
+            assert_eq!(output["region"], home);
+            let bytes = read_output(&embedded, output);
+            assert_eq!(bytes.len() as u64, output["bytes"].as_u64().unwrap());
+            let size = decoded_size(&bytes, output["format"].as_str().unwrap());
+            assert_eq!(
+                size,
+                (
+                    output["width"].as_u64().unwrap() as u32,
+                    output["height"].as_u64().unwrap() as u32
+                ),
+                "{output}"
+            );
+            assert_no_metadata(&bytes, &format!("{tenant} {}", output["name"]));
+        }
+        let by_name = |name: &str| outputs.iter().find(|o| o["name"] == name).unwrap();
+        assert_eq!(
+            (
+                by_name("square")["width"].as_u64(),
+                by_name("square")["height"].as_u64()
+            ),
+            (Some(200), Some(200))
+        );
+        assert_eq!(
+            (
+                by_name("stretched")["width"].as_u64(),
+                by_name("stretched")["height"].as_u64()
+            ),
+            (Some(120), Some(90))
+        );
+        let large = by_name("large");
+        assert_eq!(
+            large["width"]
+                .as_u64()
+                .unwrap()
+                .max(large["height"].as_u64().unwrap()),
+            640
+        );
+    }
+    // Every file in a region's directory belongs to the tenant pinned there, and nothing else.
+    for region in REGIONS {
+        let files = files_under(&embedded.region_dir(region));
+        assert!(!files.is_empty(), "region {region} has no files");
+        for file in files {
+            assert!(
+                file.starts_with(&format!("demo-{region}/")),
+                "{file} found in region {region}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rotated_photos_come_out_upright() {
+    let embedded = Embedded::start();
+    for (photo, shown) in [
+        ("photos/recurser_Landscape_6.jpg", (1800, 1200)),
+        ("photos/recurser_Portrait_8.jpg", (1200, 1800)),
+    ] {
+        let outputs = json!([{"name": "view", "width": 600, "height": 600, "format": "png"}]);
+        let record = embedded
+            .run_job("demo-eu", photo, "rotated.jpg", outputs)
+            .await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        let output = image::load_from_memory(&read_output(&embedded, &record["outputs"][0]))
+            .unwrap()
+            .to_rgb8();
+        let expected = if shown.0 > shown.1 {
+            (600, 400)
+        } else {
+            (400, 600)
+        };
+        assert_eq!(output.dimensions(), expected, "{photo}");
+
+        // Reference: the image crate's own decode and orientation, resized the same.
+        let mut decoder = image::ImageReader::open(fixture(photo))
+            .unwrap()
+            .into_decoder()
+            .unwrap();
+        let orientation = image::ImageDecoder::orientation(&mut decoder).unwrap();
+        let mut reference = image::DynamicImage::from_decoder(decoder).unwrap();
+        reference.apply_orientation(orientation);
+        let reference = reference
+            .resize_exact(
+                expected.0,
+                expected.1,
+                image::imageops::FilterType::Triangle,
+            )
+            .to_rgb8();
+        let upside_down = image::imageops::rotate180(&reference);
+        let distance = |a: &image::RgbImage, b: &image::RgbImage| {
+            a.as_raw()
+                .iter()
+                .zip(b.as_raw())
+                .map(|(x, y)| (*x as f64 - *y as f64).abs())
+                .sum::<f64>()
+                / a.as_raw().len() as f64
+        };
+        let upright = distance(&output, &reference);
+        let flipped = distance(&output, &upside_down);
+        assert!(
+            upright < 6.0,
+            "{photo}: mean difference to the upright reference is {upright}"
+        );
+        assert!(
+            flipped > upright * 3.0,
+            "{photo}: upright {upright} vs rotated {flipped}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cross_region_and_escaping_requests_are_refused_and_write_nothing() {
+    let embedded = Embedded::start();
+    let before: Vec<Vec<String>> = REGIONS
+        .iter()
+        .map(|r| files_under(&embedded.region_dir(r)))
+        .collect();
+    let outputs = json!([{"name": "t", "width": 100, "height": 100, "format": "jpeg"}]);
+
+    let response = embedded
+        .submit("demo-eu", &json!({"v": 1, "tenant": "demo-eu", "source": {"key": "a.jpg", "region": "sg"}, "outputs": outputs}))
+        .await;
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert_eq!(body["error"]["code"], "region_not_allowed");
+    assert!(
+        message.contains("demo-eu")
+            && message.contains("sg")
+            && message.contains("allowed regions: eu"),
+        "{message}"
+    );
+
+    let response = embedded
+        .submit("demo-eu", &json!({"v": 1, "tenant": "demo-eu", "source": {"key": "../demo-ca/x.jpg"}, "outputs": outputs}))
+        .await;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("source.key:"),
+        "{body}"
+    );
+
+    let photo = std::fs::read(fixture("photos/recurser_Portrait_8.jpg")).unwrap();
+    let response = embedded
+        .upload("demo-eu", "x.jpg", "?region=sg", photo.clone())
+        .await;
+    assert_eq!(response.status(), 403);
+    let response = embedded
+        .upload("demo-eu", "..%2Fdemo-ca%2Fx.jpg", "", photo.clone())
+        .await;
+    assert!(response.status().is_client_error(), "{}", response.status());
+
+    // Another tenant's name in the envelope, a bad key, no key.
+    let response = embedded
+        .submit(
+            "demo-eu",
+            &json!({"v": 1, "tenant": "demo-ca", "source": {"key": "a.jpg"}, "outputs": outputs}),
+        )
+        .await;
+    assert_eq!(response.status(), 403);
+    let response = embedded
+        .http
+        .post(format!("{}/v1/jobs", embedded.base_url))
+        .bearer_auth("not-a-key")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = embedded
+        .http
+        .post(format!("{}/v1/jobs", embedded.base_url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // Malformed and unsupported envelopes.
+    let response = embedded
+        .http
+        .post(format!("{}/v1/jobs", embedded.base_url))
+        .bearer_auth("demo-eu-key")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let response = embedded
+        .submit(
+            "demo-eu",
+            &json!({"v": 2, "tenant": "demo-eu", "source": {"key": "a.jpg"}}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+
+    let after: Vec<Vec<String>> = REGIONS
+        .iter()
+        .map(|r| files_under(&embedded.region_dir(r)))
+        .collect();
+    assert_eq!(before, after, "a refused request wrote something");
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_see_another_tenants_job() {
+    let embedded = Embedded::start();
+    let outputs = json!([{"name": "t", "width": 64, "height": 64, "format": "jpeg"}]);
+    let record = embedded
+        .run_job(
+            "demo-eu",
+            "photos/recurser_Portrait_8.jpg",
+            "p.jpg",
+            outputs,
+        )
+        .await;
+    let job_id = record["job_id"].as_str().unwrap();
+    assert_eq!(embedded.status("demo-ca", job_id).await.status(), 404);
+    assert_eq!(embedded.status("demo-eu", job_id).await.status(), 200);
+}
+
+#[tokio::test]
+async fn corrupt_sources_fail_with_a_reason_and_the_next_job_succeeds() {
+    let embedded = Embedded::start();
+    let outputs = json!([{"name": "t", "width": 100, "height": 100, "format": "webp"}]);
+    for (bad, code) in [
+        ("bad/text-not-an-image.jpg", "unsupported_format"),
+        ("bad/sharp-truncated.jpg", "corrupt_image"),
+        ("bad/sharp-giant-image-20000x14000.jpg", "image_too_large"),
+        ("bad/pngsuite-xhdn0g08.png", "corrupt_image"),
+    ] {
+        let record = embedded
+            .run_job("demo-ca", bad, "bad.img", outputs.clone())
+            .await;
+        assert_eq!(record["status"], "failed", "{bad}: {record}");
+        assert_eq!(record["error"]["code"], code, "{bad}: {record}");
+        assert!(!record["error"]["message"].as_str().unwrap().is_empty());
+        let good = embedded
+            .run_job(
+                "demo-ca",
+                "photos/recurser_Portrait_8.jpg",
+                "good.jpg",
+                outputs.clone(),
+            )
+            .await;
+        assert_eq!(good["status"], "succeeded", "after {bad}: {good}");
+    }
+    // A job whose source was never uploaded fails too.
+    let response = embedded
+        .submit("demo-ca", &json!({"v": 1, "tenant": "demo-ca", "source": {"key": "missing.jpg"}, "outputs": outputs}))
+        .await;
+    let accepted: Value = response.json().await.unwrap();
+    let record = embedded
+        .wait_for("demo-ca", accepted["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record["error"]["code"], "source_not_found", "{record}");
+}
+
+#[tokio::test]
+async fn resubmitting_with_an_idempotency_key_returns_the_first_job() {
+    let embedded = Embedded::start();
+    let photo = std::fs::read(fixture("photos/recurser_Portrait_8.jpg")).unwrap();
+    assert_eq!(
+        embedded
+            .upload("demo-sg", "p.jpg", "?subject=u1", photo)
+            .await
+            .status(),
+        201
+    );
+    let envelope = json!({"v": 1, "tenant": "demo-sg", "source": {"key": "p.jpg"}, "subject": "u1",
+        "idempotency_key": "upload-123", "outputs": [{"name": "t", "width": 64, "height": 64, "format": "jpeg"}]});
+    let first: Value = embedded
+        .submit("demo-sg", &envelope)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = embedded
+        .submit("demo-sg", &envelope)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["job_id"], second["job_id"]);
+    let record = embedded
+        .wait_for("demo-sg", first["job_id"].as_str().unwrap())
+        .await;
+    assert!(record["outputs"][0]["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("demo-sg/subjects/u1/assets/"));
+}
