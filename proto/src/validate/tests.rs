@@ -87,7 +87,8 @@ fn wrong_and_unknown_tenants_are_refused() {
 
 #[test]
 fn bad_fields_are_named() {
-    let cases: Vec<(Box<dyn Fn(&mut JobEnvelope)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut JobEnvelope)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|e| e.source.key = "../demo-ca/x.jpg".into()),
             "source.key",
