@@ -24,7 +24,8 @@ pub struct UpArgs {
     /// Address for the HTTP API (overrides scheduler.listen). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory holding one subfolder per region: the regions' local object stores.
+    /// Directory holding one subfolder per region: the local object store of every
+    /// region whose config names no `store` URL.
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
     /// Threads for image work (shared by all regions' workers). Defaults to the CPU count.
@@ -105,9 +106,12 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
     let mut workers = Vec::new();
     let mut data_dirs = Vec::new();
     for region in config.regions.keys() {
-        let directory = args.data_dir.join(region.as_str());
-        let store = RegionStore::local_directory(region.clone(), &directory)
+        let store = RegionStore::open(&config, region, None, Some(&args.data_dir))
             .with_context(|| format!("opening the store of region {region}"))?;
+        let location = match &config.regions[region].store {
+            Some(url) => url.clone(),
+            None => args.data_dir.join(region.as_str()).display().to_string(),
+        };
         let (queue, consumer) = in_process_queue();
         let context = Arc::new(WorkerContext::new(
             store.clone(),
@@ -129,7 +133,7 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
                 store,
             }),
         );
-        data_dirs.push((region.clone(), directory));
+        data_dirs.push((region.clone(), location));
     }
     drop(events);
 
@@ -148,10 +152,7 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
     println!("locality up: listening on http://{address}");
     for (region, directory) in &data_dirs {
         let description = &config.regions[region].description;
-        println!(
-            "  region {region} ({description}): data in {}",
-            directory.display()
-        );
+        println!("  region {region} ({description}): data in {directory}");
     }
     println!("  press Ctrl-C to drain and stop");
 

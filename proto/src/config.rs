@@ -115,9 +115,29 @@ impl Default for SchedulerConfig {
 pub struct RegionConfig {
     /// Human-readable location, e.g. "European Union (Frankfurt)".
     pub description: String,
-    /// Object store URL of this region (`file:///path`); `locality up` uses `--data-dir/REGION` when absent.
+    /// Object store URL of this region: `file:///path`, `s3://bucket`, `gs://bucket`,
+    /// `az://container`. `locality up` uses `--data-dir/REGION` when absent.
     #[serde(default)]
     pub store: Option<String>,
+    /// Options of the store (object_store's keys: `endpoint`, `region`, `access_key_id`,
+    /// `secret_access_key`, `allow_http`, ...). Secrets are better given through the
+    /// environment: `LOCALITY__REGIONS__EU__STORE_OPTIONS__SECRET_ACCESS_KEY`.
+    #[serde(default)]
+    pub store_options: BTreeMap<String, String>,
+}
+
+impl RegionConfig {
+    /// Where the store lives, for telling two regions' stores apart: the URL plus its endpoint.
+    pub fn store_identity(&self) -> Option<String> {
+        let url = self.store.as_deref()?.trim_end_matches('/');
+        let endpoint = self
+            .store_options
+            .get("endpoint")
+            .or_else(|| self.store_options.get("aws_endpoint"))
+            .map(|e| e.trim_end_matches('/'))
+            .unwrap_or("");
+        Some(format!("{url} @ {endpoint}"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +228,29 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.regions.is_empty() {
             return Err(invalid("regions", "at least one region is required"));
+        }
+        let mut stores: BTreeMap<String, &RegionId> = BTreeMap::new();
+        for (id, region) in &self.regions {
+            let Some(identity) = region.store_identity() else {
+                continue;
+            };
+            let scheme = identity.split("://").next().unwrap_or_default();
+            if ![
+                "file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory",
+            ]
+            .contains(&scheme)
+            {
+                return Err(invalid(
+                    format!("regions.{id}.store"),
+                    "must be a file://, s3://, gs:// or az:// URL",
+                ));
+            }
+            if let Some(other) = stores.insert(identity, id) {
+                return Err(invalid(
+                    format!("regions.{id}.store"),
+                    format!("is the same store as region {other}'s: a store belongs to exactly one region"),
+                ));
+            }
         }
         for (id, tenant) in &self.tenants {
             let field = |name: &str| format!("tenants.{id}.{name}");

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use locality_proto::RegionId;
+use locality_proto::{Config, RegionConfig, RegionId};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectMeta, ObjectStore, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectMeta, ObjectStore, PutPayload, WriteMultipart};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,6 +31,12 @@ pub enum StoreError {
     },
     #[error("could not open the store of region {region}: {reason}")]
     Open { region: RegionId, reason: String },
+    #[error("residency: the worker of region {region} was given {store}, which is the store of region {owner}; refusing to start")]
+    ForeignStore {
+        region: RegionId,
+        store: String,
+        owner: RegionId,
+    },
 }
 
 impl StoreError {
@@ -58,6 +65,10 @@ pub struct RegionStore {
     inner: Arc<dyn ObjectStore>,
 }
 
+/// Objects above this size are uploaded in parts of `MULTIPART_PART_SIZE`.
+const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+const MULTIPART_PART_SIZE: usize = 8 * 1024 * 1024;
+
 /// How often and how long transient store failures are retried before a job fails.
 const RETRY_DELAYS: [Duration; 4] = [
     Duration::from_millis(100),
@@ -83,6 +94,74 @@ impl RegionStore {
             region,
             inner: Arc::new(inner),
         })
+    }
+
+    /// The store configured for `region`, or `fallback_directory/REGION` when it has none.
+    ///
+    /// `store_override` (a worker's `--store` flag) is refused when it is another region's store.
+    pub fn open(
+        config: &Config,
+        region: &RegionId,
+        store_override: Option<&RegionConfig>,
+        fallback_directory: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            region: region.clone(),
+            reason,
+        };
+        let own = config
+            .regions
+            .get(region)
+            .ok_or_else(|| open_error("the region is not in the configuration".into()))?;
+        let chosen = store_override.unwrap_or(own);
+        if let Some(identity) = chosen.store_identity() {
+            let owner = config.regions.iter().find(|(id, other)| {
+                *id != region && other.store_identity().as_ref() == Some(&identity)
+            });
+            if let Some((owner, _)) = owner {
+                return Err(StoreError::ForeignStore {
+                    region: region.clone(),
+                    store: identity,
+                    owner: owner.clone(),
+                });
+            }
+        }
+        match (&chosen.store, fallback_directory) {
+            (Some(url), _) => Self::from_url(region.clone(), url, &chosen.store_options),
+            (None, Some(directory)) => {
+                Self::local_directory(region.clone(), &directory.join(region.as_str()))
+            }
+            (None, None) => Err(open_error(
+                "no store URL is configured (regions.ID.store)".into(),
+            )),
+        }
+    }
+
+    /// A store from a URL (`file:///dir`, `s3://bucket/prefix`, `gs://…`, `az://…`) and its options.
+    pub fn from_url(
+        region: RegionId,
+        url: &str,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            region: region.clone(),
+            reason,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| open_error(format!("{url}: {e}")))?;
+        if parsed.scheme() == "file" {
+            let directory = parsed
+                .to_file_path()
+                .map_err(|_| open_error(format!("{url} is not a local path")))?;
+            return Self::local_directory(region, &directory);
+        }
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
+            .map_err(|e| open_error(format!("{url}: {e}")))?;
+        let inner: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        };
+        Ok(Self { region, inner })
     }
 
     pub fn region(&self) -> &RegionId {
@@ -124,11 +203,27 @@ impl RegionStore {
     }
 
     /// Writes (or overwrites) one object. Deterministic keys make a retried job idempotent.
+    /// Large objects go up in parts; the parts are slices of `bytes`, not copies.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = self.path(key)?;
         with_retries(|| async {
-            self.inner
-                .put(&path, PutPayload::from_bytes(bytes.clone()))
+            if bytes.len() <= MULTIPART_THRESHOLD {
+                return self
+                    .inner
+                    .put(&path, PutPayload::from_bytes(bytes.clone()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.backend(key, e));
+            }
+            let upload = self
+                .inner
+                .put_multipart(&path)
+                .await
+                .map_err(|e| self.backend(key, e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_SIZE);
+            writer.put(bytes.clone());
+            writer
+                .finish()
                 .await
                 .map(|_| ())
                 .map_err(|e| self.backend(key, e))
@@ -136,12 +231,13 @@ impl RegionStore {
         .await
     }
 
-    /// Every object under `prefix` (a `/`-terminated key prefix).
+    /// Every object under `prefix` (a `/`-terminated key prefix; empty for all).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let path = self.path(prefix.trim_end_matches('/'))?;
+        let path = (!prefix.is_empty()).then_some(path);
         with_retries(|| async {
             self.inner
-                .list(Some(&path))
+                .list(path.as_ref())
                 .try_collect()
                 .await
                 .map_err(|e| self.backend(prefix, e))

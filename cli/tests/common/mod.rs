@@ -32,8 +32,17 @@ pub struct Embedded {
 
 impl Embedded {
     pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// Starts with a config file instead of the shipped example.
+    pub fn start_with_config(config: Option<&Path>) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_locality"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_locality"));
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .args([
                 "up",
                 "--listen",
@@ -205,4 +214,58 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     }
     found.sort();
     found
+}
+
+/// The per-region S3 endpoints started by scripts/test.sh. Fails loudly without them.
+pub fn s3_endpoints() -> Vec<(String, String)> {
+    let value = std::env::var("LOCALITY_TEST_S3_ENDPOINTS").expect(
+        "LOCALITY_TEST_S3_ENDPOINTS is not set: these tests need the S3 servers that \
+         scripts/test.sh starts; run the suite with scripts/test.sh",
+    );
+    value
+        .split(',')
+        .map(|entry| {
+            let (region, url) = entry.split_once('=').expect("REGION=URL");
+            (region.to_string(), url.to_string())
+        })
+        .collect()
+}
+
+/// Creates a fresh bucket on an S3 endpoint and returns its name.
+pub async fn create_bucket(endpoint: &str, region: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bucket = format!("locality-{region}-{}-{nanos}", std::process::id());
+    let response = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("S3 server at {endpoint} is not reachable: {e}"));
+    assert!(
+        response.status().is_success(),
+        "creating bucket: {}",
+        response.status()
+    );
+    bucket
+}
+
+/// The example config with each region's store on its own S3 endpoint and bucket,
+/// each with its own credentials.
+pub fn config_with_s3_stores(buckets: &[(String, String, String)]) -> String {
+    let mut config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/locality.example.toml"),
+    )
+    .unwrap();
+    for (region, endpoint, bucket) in buckets {
+        let header = format!("[regions.{region}]\n");
+        let at = config.find(&header).expect("region in example config") + header.len();
+        let store = format!(
+            "store = \"s3://{bucket}\"\nstore_options = {{ endpoint = \"{endpoint}\", region = \"us-east-1\", \
+             access_key_id = \"key-{region}\", secret_access_key = \"secret-{region}\", allow_http = \"true\" }}\n"
+        );
+        config.insert_str(at, &store);
+    }
+    config
 }

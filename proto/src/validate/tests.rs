@@ -186,3 +186,21 @@ fn api_keys_find_their_tenant() {
     );
     assert!(config.tenant_for_api_key("guess").is_none());
 }
+
+#[test]
+fn two_regions_cannot_share_a_store() {
+    let shared = EXAMPLE
+        .replace(
+            "[regions.eu]\ndescription = \"European Union (Frankfurt)\"",
+            "[regions.eu]\ndescription = \"European Union (Frankfurt)\"\nstore = \"s3://images\"",
+        )
+        .replace(
+            "[regions.sg]\ndescription = \"Singapore\"",
+            "[regions.sg]\ndescription = \"Singapore\"\nstore = \"s3://images/\"",
+        );
+    let err = Config::from_toml_str(&shared).unwrap_err().to_string();
+    assert!(
+        err.contains("regions.sg.store") && err.contains("region eu"),
+        "{err}"
+    );
+}

@@ -1,0 +1,146 @@
+//! Regional stores on real S3-compatible servers (one endpoint per region, started by
+//! scripts/test.sh): outputs land only in the tenant's region's bucket.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{config_with_s3_stores, create_bucket, files_under, s3_endpoints, Embedded};
+use locality_proto::{Config, RegionId};
+use locality_worker::{RegionStore, StoreError};
+use serde_json::json;
+
+async fn s3_buckets() -> Vec<(String, String, String)> {
+    let mut buckets = Vec::new();
+    for (region, endpoint) in s3_endpoints() {
+        let bucket = create_bucket(&endpoint, &region).await;
+        buckets.push((region, endpoint, bucket));
+    }
+    buckets
+}
+
+#[tokio::test]
+async fn outputs_land_only_in_the_tenants_region_bucket() {
+    let buckets = s3_buckets().await;
+    let config_text = config_with_s3_stores(&buckets);
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config_file.path(), &config_text).unwrap();
+    let embedded = Embedded::start_with_config(Some(config_file.path()));
+
+    let outputs = json!([
+        {"name": "large", "width": 800, "height": 800, "format": "jpeg"},
+        {"name": "small", "width": 200, "height": 200, "format": "webp"}
+    ]);
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (tenant, photo) in [
+        ("demo-eu", "photos/recurser_Landscape_6.jpg"),
+        ("demo-ca", "photos/recurser_Portrait_8.jpg"),
+        ("demo-sg", "photos/exifsamples_87_OSError.jpg"),
+    ] {
+        let record = embedded
+            .run_job(tenant, photo, "s3/photo.jpg", outputs.clone())
+            .await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        let region = tenant.trim_start_matches("demo-").to_string();
+        for output in record["outputs"].as_array().unwrap() {
+            assert_eq!(output["region"], region.as_str());
+            expected
+                .entry(region.clone())
+                .or_default()
+                .push(output["key"].as_str().unwrap().to_string());
+        }
+    }
+
+    let config = Config::from_toml_str(&config_text).unwrap();
+    for (region, _, bucket) in &buckets {
+        let region_id = RegionId::new(region.clone()).unwrap();
+        let store = RegionStore::open(&config, &region_id, None, None).unwrap();
+        let keys: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        for key in &keys {
+            assert!(
+                key.starts_with(&format!("demo-{region}/")),
+                "{key} found in bucket {bucket} of region {region}"
+            );
+        }
+        for key in &expected[region] {
+            assert!(
+                keys.contains(key),
+                "{key} missing from region {region}: {keys:?}"
+            );
+        }
+        // The original is in the same bucket as its outputs.
+        assert!(
+            keys.iter().any(|k| k.contains("/original/s3/photo.jpg")),
+            "{keys:?}"
+        );
+    }
+    for region in common::REGIONS {
+        assert!(
+            files_under(&embedded.region_dir(region)).is_empty(),
+            "local files written for {region}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_worker_refuses_a_store_declared_for_another_region() {
+    let buckets = s3_buckets().await;
+    let config = Config::from_toml_str(&config_with_s3_stores(&buckets)).unwrap();
+    let eu = RegionId::new("eu").unwrap();
+    let singapore_store = config.regions[&RegionId::new("sg").unwrap()].clone();
+    match RegionStore::open(&config, &eu, Some(&singapore_store), None) {
+        Err(err @ StoreError::ForeignStore { .. }) => {
+            let message = err.to_string();
+            assert!(
+                message.contains("region eu") && message.contains("region sg"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Its own store opens.
+    assert!(RegionStore::open(&config, &eu, None, None).is_ok());
+}
+
+#[tokio::test]
+async fn large_objects_round_trip_through_multipart_upload() {
+    let (region, endpoint, bucket) = s3_buckets().await.remove(0);
+    let options: BTreeMap<String, String> = [
+        ("endpoint", endpoint.as_str()),
+        ("region", "us-east-1"),
+        ("access_key_id", "key"),
+        ("secret_access_key", "secret"),
+        ("allow_http", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let store = RegionStore::from_url(
+        RegionId::new(region).unwrap(),
+        &format!("s3://{bucket}"),
+        &options,
+    )
+    .unwrap();
+    let payload: Vec<u8> = (0..40 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    store
+        .put("t/big.bin", payload.clone().into())
+        .await
+        .unwrap();
+    let read = store.get("t/big.bin").await.unwrap();
+    assert_eq!(read.len(), payload.len());
+    assert!(
+        read == payload,
+        "multipart object differs from what was written"
+    );
+    // Overwriting the same key keeps one object (deterministic keys are idempotent).
+    store.put("t/big.bin", payload.into()).await.unwrap();
+    assert_eq!(store.list("t/").await.unwrap().len(), 1);
+}
