@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Starts a RabbitMQ broker for the tests on loopback (Debian's rabbitmq-server, installed
+# with apt-get if missing), in its own node and directories under STATE_DIR, then creates
+# the vhosts `scheduler`, `eu`, `ca`, `sg` and one user per vhost whose permissions cover
+# only that vhost. Prints `export` lines for the tests.
+#
+# usage: eval "$(scripts/rabbitmq-up.sh STATE_DIR)"      (stop: scripts/services-down.sh STATE_DIR)
+set -euo pipefail
+STATE_DIR=${1:?usage: rabbitmq-up.sh STATE_DIR}
+mkdir -p "$STATE_DIR/rabbitmq"
+if ! command -v rabbitmq-server >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "[rabbitmq-up] apt-get install rabbitmq-server" >&2
+  $SUDO apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends rabbitmq-server >&2
+fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+base="$STATE_DIR/rabbitmq"
+port=$(free_port)
+export RABBITMQ_NODENAME="locality-test-$port@localhost"
+export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+export RABBITMQ_NODE_PORT=$port
+export RABBITMQ_DIST_PORT=$((port + 20000 > 65000 ? port - 20000 : port + 20000))
+export RABBITMQ_MNESIA_BASE="$base/mnesia"
+export RABBITMQ_LOG_BASE="$base/log"
+export RABBITMQ_PID_FILE="$base/rabbitmq.pid"
+export RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins"
+export RABBITMQ_CONFIG_FILE="$base/rabbitmq"
+echo "[]." > "$RABBITMQ_ENABLED_PLUGINS_FILE"
+printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$port" > "$RABBITMQ_CONFIG_FILE.conf"
+# Keep the node's environment for rabbitmqctl calls by tests and by services-down.sh.
+env | grep '^RABBITMQ_' | sed 's/^/export /' > "$base/env.sh"
+# Debian's /usr/sbin wrappers switch to the rabbitmq user; run the real scripts as
+# ourselves so the node uses our directories and our Erlang cookie.
+RMQ_BIN=/usr/lib/rabbitmq/bin
+echo "export PATH=$RMQ_BIN:\$PATH" >> "$base/env.sh"
+"$RMQ_BIN/rabbitmq-server" -detached >&2
+"$RMQ_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" wait --timeout 60 "$RABBITMQ_PID_FILE" >&2
+cat "$RABBITMQ_PID_FILE" > "$STATE_DIR/rabbitmq.pid"
+ctl() { "$RMQ_BIN/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@" >&2; }
+ctl add_user locality-admin admin-secret
+ctl set_user_tags locality-admin administrator
+for vhost in scheduler eu ca sg; do
+  ctl add_vhost "$vhost"
+  ctl add_user "locality-$vhost" "secret-$vhost"
+  ctl set_permissions -p "$vhost" "locality-$vhost" '.*' '.*' '.*'
+  ctl set_permissions -p "$vhost" locality-admin '.*' '.*' '.*'
+done
+echo "[rabbitmq-up] broker on 127.0.0.1:$port, vhosts scheduler eu ca sg" >&2
+echo "export LOCALITY_TEST_AMQP_PORT=$port"
+echo "export LOCALITY_TEST_RABBITMQ_ENV='$base/env.sh'"
