@@ -99,10 +99,20 @@ fn main() -> Result<()> {
         .num_threads(threads)
         .build_global()?;
 
+    // CPU microseconds per stage, summed over every image (resize and encode over every output).
+    let stage_us = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
     let process = |source: &Path, base: &Path| -> Result<u64> {
         let bytes = std::fs::read(source)?;
         let rendered = pipeline::run(&bytes, &requests, &limits, &options)
             .with_context(|| source.display().to_string())?;
+        let timings = rendered.timings;
+        for (total, ms) in
+            stage_us
+                .iter()
+                .zip([timings.decode_ms, timings.resize_ms, timings.encode_ms])
+        {
+            total.fetch_add((ms * 1000.0) as u64, Ordering::Relaxed);
+        }
         let mut written = 0;
         for (encoded, (_, suffix)) in rendered.outputs.iter().zip(&outputs) {
             let mut path = base.as_os_str().to_owned();
@@ -128,6 +138,9 @@ fn main() -> Result<()> {
         }
     }
 
+    for total in &stage_us {
+        total.store(0, Ordering::Relaxed);
+    }
     let errors = AtomicUsize::new(0);
     let bytes_rep0 = AtomicU64::new(0);
     let cpu_start = cpu_seconds();
@@ -159,6 +172,11 @@ fn main() -> Result<()> {
         "reps": reps,
         "errors": errors.load(Ordering::Relaxed),
         "cpu_s": (cpu * 1000.0).round() / 1000.0,
+        "stage_cpu_s": {
+            "decode": stage_us[0].load(Ordering::Relaxed) as f64 / 1e6,
+            "resize_orient_colour": stage_us[1].load(Ordering::Relaxed) as f64 / 1e6,
+            "encode": stage_us[2].load(Ordering::Relaxed) as f64 / 1e6,
+        },
         "concurrency": format!("rayon pool of {threads}, jobs and outputs in parallel"),
         "resize": "decode once (JPEG DCT shrink-on-load, M/8), fast_image_resize Lanczos3 per output",
         "encoder": if workload_name == "W2" { "avif: ravif/rav1e" } else { "jpeg: libjpeg-turbo 3 baseline 4:2:0 optimised Huffman; webp: libwebp method 4" },
