@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// Address for the HTTP API (overrides scheduler.listen). Port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// Address for the HTTP API; scheduler.listen from the config when absent
+    /// (127.0.0.1:8080 by default). Port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Directory holding one subfolder per region: the local object store of every
     /// region whose config names no `store` URL.
     #[arg(long, default_value = "./data")]
@@ -145,9 +146,18 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listen = match args.listen {
+        Some(address) => address,
+        None => config.scheduler.listen.parse().with_context(|| {
+            format!(
+                "scheduler.listen {:?} is not an address",
+                config.scheduler.listen
+            )
+        })?,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     println!("locality up: listening on http://{address}");
     for (region, directory) in &data_dirs {

@@ -122,7 +122,7 @@ pub struct RegionConfig {
     /// Options of the store (object_store's keys: `endpoint`, `region`, `access_key_id`,
     /// `secret_access_key`, `allow_http`, ...). Secrets are better given through the
     /// environment: `LOCALITY__REGIONS__EU__STORE_OPTIONS__SECRET_ACCESS_KEY`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub store_options: BTreeMap<String, String>,
 }
 
