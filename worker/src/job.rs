@@ -141,21 +141,28 @@ pub async fn process_job(
     timings.fetch_ms = ms(fetch_started);
 
     let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
-    let probe = pipeline::probe(&source)?;
-    probe.check_limits(source.len(), &context.limits)?;
-    let pixels = pipeline::decoded_pixels_needed(&probe, &requests, &context.options);
-    let reservation = context.budget.reserve(pixels).await;
-    let (limits, options) = (context.limits, context.options);
-    let rendered = run_on_pool(&context.cpu_pool, move || {
-        pipeline::run(&source, &requests, &limits, &options)
-    })
-    .await
-    .map_err(|panic| JobFailure {
+    let panicked = |panic: crate::cpu::WorkPanicked| JobFailure {
         outcome: JobOutcome::Failed,
         code: "internal_error",
         message: panic.to_string(),
         retryable: false,
-    })??;
+    };
+    // Header parsing is CPU work too: it runs on the pool, and its result is reused below.
+    let (limits, options) = (context.limits, context.options);
+    let (source, requests, probe, pixels) = run_on_pool(&context.cpu_pool, move || {
+        let probe = pipeline::probe(&source)?;
+        probe.check_limits(source.len(), &limits)?;
+        let pixels = pipeline::decoded_pixels_needed(&probe, &requests, &options);
+        Ok::<_, PipelineError>((source, requests, probe, pixels))
+    })
+    .await
+    .map_err(panicked)??;
+    let reservation = context.budget.reserve(pixels).await;
+    let rendered = run_on_pool(&context.cpu_pool, move || {
+        pipeline::run_probed(&source, probe, &requests, &options)
+    })
+    .await
+    .map_err(panicked)??;
     drop(reservation);
     timings.decode_ms = rendered.timings.decode_ms;
     timings.resize_ms = rendered.timings.resize_ms;

@@ -133,6 +133,17 @@ pub fn run(
 ) -> Result<Rendered, PipelineError> {
     let probe = probe(source)?;
     probe.check_limits(source.len(), limits)?;
+    run_probed(source, probe, outputs, options)
+}
+
+/// The pipeline for a source already probed and checked against the limits
+/// (so a caller that probed to reserve memory does not parse the header twice).
+pub fn run_probed(
+    source: &[u8],
+    probe: Probe,
+    outputs: &[OutputRequest],
+    options: &PipelineOptions,
+) -> Result<Rendered, PipelineError> {
     let plans: Vec<OutputPlan> = outputs.iter().map(|o| plan_output(&probe, o)).collect();
 
     let started = Instant::now();
