@@ -83,16 +83,7 @@ impl RegionGateway for InProcessRegion {
 }
 
 pub fn run(config: Config, args: UpArgs) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let cpu_pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("locality-image-{i}"))
-            .build()
-            .context("starting the image thread pool")?,
-    );
+    let cpu_pool = crate::image_pool(crate::threads(args.threads))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(serve(config, args, cpu_pool))
 }

@@ -3,6 +3,7 @@
 //! main stays thin: parse flags, load config, hand over to the chosen mode.
 
 mod config;
+mod distributed;
 mod embedded;
 mod shutdown;
 
@@ -31,6 +32,12 @@ enum Command {
     /// Embedded all-in-one: the scheduler plus one worker per configured region in one
     /// process, with an in-process queue and a local directory per region.
     Up(embedded::UpArgs),
+    /// Distributed mode, control plane: HTTP API and `locality.submit`, routing jobs to
+    /// each region's broker (regions.ID.amqp_url), relaying results to `locality.results`.
+    Scheduler(distributed::SchedulerArgs),
+    /// Distributed mode, data plane of one region: consumes that region's queues, reads
+    /// and writes that region's store only, and serves the region's upload endpoint.
+    Worker(distributed::WorkerArgs),
     /// Print the resolved configuration (defaults, file and environment merged) as TOML.
     PrintConfig,
 }
@@ -46,9 +53,27 @@ fn main() -> Result<()> {
     let config = config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Up(args) => embedded::run(config, args),
+        Command::Scheduler(args) => distributed::run_scheduler(config, args),
+        Command::Worker(args) => distributed::run_worker(config, args),
         Command::PrintConfig => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
     }
+}
+
+/// Threads for image work: the flag, or the CPU count.
+fn threads(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+/// The rayon pool all image work runs on; tokio threads never decode or encode.
+fn image_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
+    use anyhow::Context;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("locality-image-{i}"))
+        .build()
+        .context("starting the image thread pool")?;
+    Ok(std::sync::Arc::new(pool))
 }

@@ -88,6 +88,10 @@ pub struct SchedulerConfig {
     /// Secret for pseudonymising client IPs (HMAC-SHA256). Rotate it to unlink old pseudonyms.
     #[serde(default = "default_pseudonymisation_key")]
     pub pseudonymisation_key: String,
+    /// Broker (and vhost) of the scheduler in the distributed mode: `locality.submit`
+    /// and `locality.results` live here. Example: `amqp://user:pass@host:5672/scheduler`.
+    #[serde(default)]
+    pub amqp_url: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -106,6 +110,7 @@ impl Default for SchedulerConfig {
         Self {
             listen: default_listen(),
             pseudonymisation_key: default_pseudonymisation_key(),
+            amqp_url: None,
         }
     }
 }
@@ -124,6 +129,14 @@ pub struct RegionConfig {
     /// environment: `LOCALITY__REGIONS__EU__STORE_OPTIONS__SECRET_ACCESS_KEY`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub store_options: BTreeMap<String, String>,
+    /// Broker (and vhost) holding this region's job queues in the distributed mode,
+    /// with credentials that reach this vhost only: `amqp://eu-user:pass@host:5672/eu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp_url: Option<String>,
+    /// Public base URL of this region's ingest endpoint (`locality worker --listen`), where
+    /// originals are uploaded in the distributed mode; the scheduler redirects uploads there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_url: Option<String>,
 }
 
 impl RegionConfig {
@@ -183,6 +196,11 @@ pub struct Limits {
     pub max_outputs_per_job: usize,
     /// Decoded pixels a worker holds in flight at once, across all its jobs.
     pub worker_pixel_budget: u64,
+    /// Deliveries of one job message before it is dead-lettered with a failed result
+    /// (a message that keeps failing transiently, or keeps crashing its worker).
+    pub delivery_limit: u32,
+    /// Attempts of one store operation on transient errors (backoff 0.1 s doubling).
+    pub store_attempts: u32,
 }
 
 impl Default for Limits {
@@ -194,6 +212,8 @@ impl Default for Limits {
             max_output_side: 8192,
             max_outputs_per_job: 16,
             worker_pixel_budget: 120_000_000,
+            delivery_limit: 5,
+            store_attempts: 7,
         }
     }
 }
@@ -303,6 +323,12 @@ impl Config {
         }
         if self.limits.max_source_pixels == 0 || self.limits.worker_pixel_budget == 0 {
             return Err(invalid("limits", "pixel limits must be positive"));
+        }
+        if self.limits.delivery_limit == 0 || self.limits.store_attempts == 0 {
+            return Err(invalid(
+                "limits",
+                "delivery_limit and store_attempts must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -167,4 +167,8 @@ pub struct JobMessage {
     pub priority: Priority,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ip_pseudonym: Option<String>,
+    /// The submitter's own id for this request (AMQP `message_id` of a submission),
+    /// echoed in the result so a pipeline can match results to what it sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }

@@ -88,6 +88,9 @@ pub struct JobResult {
     pub error: Option<JobError>,
     #[serde(default)]
     pub timings: StageTimings,
+    /// The submitter's id of the request, when it gave one (see `JobMessage::correlation_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl JobResult {

@@ -1,4 +1,9 @@
-//! Names of the AMQP exchanges and queues, shared by every process.
+//! Names of the AMQP exchanges, queues and headers, shared by every process.
+//!
+//! On the scheduler's vhost: `locality.submit` (in) and `locality.results` (out).
+//! On each region's vhost: the job queues, the worker's events, and dead letters.
+//! A region's credentials reach only its own vhost, so nothing here crosses regions
+//! except control-plane JSON relayed by the scheduler.
 
 use crate::config::RegionId;
 use crate::envelope::Priority;
@@ -7,18 +12,36 @@ use crate::envelope::Priority;
 pub const SUBMIT_EXCHANGE: &str = "locality.submit";
 /// Queue bound to [`SUBMIT_EXCHANGE`] that the scheduler consumes.
 pub const SUBMIT_QUEUE: &str = "locality.submit";
+/// Submissions that could not be read (not JSON, unknown version, no valid API key).
+pub const SUBMIT_DEAD_LETTER_QUEUE: &str = "locality.submit.dead";
 /// Results go out here as JSON, topic exchange, routing key `TENANT.OUTCOME`.
 pub const RESULTS_EXCHANGE: &str = "locality.results";
 /// Jobs exchange on each region's vhost (direct, routing key = priority).
 pub const JOBS_EXCHANGE: &str = "locality.jobs";
-/// Dead letters of a region's job queues.
+/// Workers publish job events (started, finished) here on their region's vhost;
+/// the scheduler consumes them and relays finished jobs to [`RESULTS_EXCHANGE`].
+pub const EVENTS_EXCHANGE: &str = "locality.events";
+/// Dead letters, on the vhost of the queue they come from (fanout).
 pub const DEAD_LETTER_EXCHANGE: &str = "locality.dead";
-/// Content type of every message Locality publishes.
+/// Content type of every message Locality publishes and accepts.
 pub const CONTENT_TYPE: &str = "application/json";
+/// Message header naming the schema version of the JSON body.
+pub const SCHEMA_HEADER: &str = "locality-schema";
+/// Header with the tenant, so a message whose body cannot be read still gets a result.
+pub const TENANT_HEADER: &str = "locality-tenant";
+/// Header an upload pipeline puts on a submission: `Bearer API_KEY`, as over HTTP.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+/// Set by RabbitMQ's quorum queues on redelivery: earlier deliveries that did not end in an ack.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Queue holding a region's jobs of one priority; lives on the region's own vhost.
 pub fn jobs_queue(region: &RegionId, priority: Priority) -> String {
     format!("locality.jobs.{region}.{}", priority.as_str())
+}
+
+/// Queue of a region's job events, read by the scheduler.
+pub fn events_queue(region: &RegionId) -> String {
+    format!("locality.events.{region}")
 }
 
 pub fn dead_letter_queue(region: &RegionId) -> String {

@@ -94,6 +94,7 @@ impl ValidatedJob {
             client_ip_pseudonym: self
                 .client_ip
                 .map(|ip| crate::privacy::pseudonymise_ip(ip, pseudonymisation_key)),
+            correlation_id: None,
         }
     }
 }

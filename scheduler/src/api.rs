@@ -1,17 +1,18 @@
 //! The HTTP API: uploads of originals, job submission and status, health, metrics.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use locality_proto::validate::{asset_location, resolve_region};
 use locality_proto::{
-    Config, JobEnvelope, JobError, JobEvent, JobStatus, Refusal, RegionId, StageTimings, TenantId,
+    Config, JobEnvelope, JobEvent, JobStatus, Refusal, RegionId, StageTimings, TenantId,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -27,6 +28,9 @@ pub struct AppState {
     pub gateways: Arc<BTreeMap<RegionId, Arc<dyn RegionGateway>>>,
     pub jobs: Arc<JobRegistry>,
     pub metrics: Arc<Metrics>,
+    /// Connections this process needs besides its regions' (e.g. the scheduler's own
+    /// broker), by name, for `/readyz`.
+    pub links: Arc<Vec<(String, Arc<AtomicBool>)>>,
 }
 
 impl AppState {
@@ -36,7 +40,16 @@ impl AppState {
             gateways: Arc::new(gateways),
             jobs: Arc::new(JobRegistry::default()),
             metrics: Arc::new(Metrics::default()),
+            links: Arc::new(Vec::new()),
         }
+    }
+
+    /// Adds a connection that `/readyz` reports and requires.
+    pub fn with_link(mut self, name: &str, connected: Arc<AtomicBool>) -> Self {
+        let mut links = self.links.as_ref().clone();
+        links.push((name.to_string(), connected));
+        self.links = Arc::new(links);
+        self
     }
 
     /// Applies a worker's event to the job registry and the metrics.
@@ -60,6 +73,21 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(job_status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The in-region ingest endpoint a worker serves in the distributed mode: uploads of
+/// originals into its own region's store, plus health and metrics. No job submission.
+pub fn ingest_router(state: AppState) -> Router {
+    let upload_limit = usize::try_from(state.config.limits.max_source_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route(
+            "/v1/sources/{*key}",
+            put(put_source).layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -99,11 +127,11 @@ impl From<Refusal> for ApiError {
 
 impl From<GatewayError> for ApiError {
     fn from(err: GatewayError) -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "region_unavailable",
-            err.to_string(),
-        )
+        let (status, code) = match &err {
+            GatewayError::UploadInRegion { .. } => (StatusCode::CONFLICT, "upload_in_region"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "region_unavailable"),
+        };
+        ApiError::new(status, code, err.to_string())
     }
 }
 
@@ -162,14 +190,16 @@ struct SourceQuery {
     asset: Option<String>,
 }
 
-/// `PUT /v1/sources/{key}`: stores an original in the tenant's region.
+/// `PUT /v1/sources/{key}`: stores an original in the tenant's region. In the distributed
+/// mode the bytes must not pass through here: 307 to the region's ingest endpoint.
 async fn put_source(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(key): Path<String>,
     Query(query): Query<SourceQuery>,
+    RawQuery(raw_query): RawQuery,
     body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = authenticate(&state, &headers)?;
     let checked =
         resolve_region(&state.config, &tenant, query.region.as_deref()).and_then(|region| {
@@ -194,9 +224,21 @@ async fn put_source(
     }
     let object_key = location.original(&key);
     let bytes = body.len();
-    gateway(&state, &region)?
+    let stored = gateway(&state, &region)?
         .put_source(object_key.clone(), body)
-        .await?;
+        .await;
+    if let Err(GatewayError::UploadInRegion { url: Some(url), .. }) = &stored {
+        let mut location = format!("{}/v1/sources/{key}", url.trim_end_matches('/'));
+        if let Some(raw_query) = raw_query {
+            location = format!("{location}?{raw_query}");
+        }
+        return Ok((
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response());
+    }
+    stored?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -207,7 +249,80 @@ async fn put_source(
             "asset": location.asset,
             "bytes": bytes,
         })),
-    ))
+    )
+        .into_response())
+}
+
+/// Why a submission was not enqueued.
+#[derive(Debug)]
+pub enum SubmitError {
+    Refused(Refusal),
+    /// The region's queue could not take it; nothing was enqueued.
+    Unavailable(ApiError),
+}
+
+/// A submission that was enqueued now (`new`) or earlier under the same idempotency key.
+pub struct Submitted {
+    pub record: JobRecord,
+    pub new: bool,
+}
+
+impl AppState {
+    /// Validates, routes and enqueues one envelope for an authenticated tenant: the one
+    /// path for HTTP and AMQP submissions.
+    pub async fn submit(
+        &self,
+        tenant: &TenantId,
+        body: &[u8],
+        correlation_id: Option<String>,
+    ) -> Result<Submitted, SubmitError> {
+        let state = self;
+        let envelope = JobEnvelope::from_json(body).map_err(SubmitError::Refused)?;
+        let job = envelope
+            .validate(&state.config, tenant)
+            .map_err(SubmitError::Refused)?;
+        let gateway = gateway(state, &job.region)
+            .map_err(SubmitError::Unavailable)?
+            .clone();
+
+        let job_id = Uuid::new_v4();
+        let record = JobRecord {
+            job_id,
+            tenant: job.tenant.clone(),
+            region: job.region.clone(),
+            status: JobStatus::Queued,
+            outputs: Vec::new(),
+            error: None,
+            timings: StageTimings::default(),
+        };
+        if let Admission::Existing(existing) =
+            state.jobs.admit(record, job.idempotency_key.as_deref())
+        {
+            return Ok(Submitted {
+                record: existing,
+                new: false,
+            });
+        }
+        let priority = job.priority;
+        let region = job.region.clone();
+        let mut message = job.into_message(
+            job_id,
+            state.config.scheduler.pseudonymisation_key.as_bytes(),
+        );
+        message.correlation_id = correlation_id;
+        if let Err(err) = gateway.dispatch(message).await {
+            // Not enqueued: the submitter is told and may try again.
+            state.jobs.forget(&job_id);
+            return Err(SubmitError::Unavailable(err.into()));
+        }
+        state
+            .metrics
+            .jobs_submitted
+            .with_label_values(&[region.as_str(), priority.as_str()])
+            .inc();
+        let record = state.jobs.get(&job_id).expect("just admitted");
+        Ok(Submitted { record, new: true })
+    }
 }
 
 /// `POST /v1/jobs`: validates, routes and enqueues a job; 202 with its id and region.
@@ -217,49 +332,18 @@ async fn submit_job(
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let tenant = authenticate(&state, &headers)?;
-    let envelope = JobEnvelope::from_json(&body).map_err(|r| refused(&state, r.into()))?;
-    let job = envelope
-        .validate(&state.config, &tenant)
-        .map_err(|r| refused(&state, r.into()))?;
-    let gateway = gateway(&state, &job.region)?.clone();
-
-    let job_id = Uuid::new_v4();
-    let record = JobRecord {
-        job_id,
-        tenant: job.tenant.clone(),
-        region: job.region.clone(),
-        status: JobStatus::Queued,
-        outputs: Vec::new(),
-        error: None,
-        timings: StageTimings::default(),
-    };
-    if let Admission::Existing(existing) = state.jobs.admit(record, job.idempotency_key.as_deref())
-    {
-        return Ok((StatusCode::OK, Json(accepted_body(&existing))));
+    match state.submit(&tenant, &body, None).await {
+        Ok(Submitted { record, new }) => {
+            let status = if new {
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(accepted_body(&record))))
+        }
+        Err(SubmitError::Refused(refusal)) => Err(refused(&state, refusal.into())),
+        Err(SubmitError::Unavailable(error)) => Err(error),
     }
-    let priority = job.priority;
-    let region = job.region.clone();
-    let message = job.into_message(
-        job_id,
-        state.config.scheduler.pseudonymisation_key.as_bytes(),
-    );
-    if let Err(err) = gateway.dispatch(message).await {
-        state.jobs.fail(
-            &job_id,
-            JobError {
-                code: "region_unavailable".into(),
-                message: err.to_string(),
-            },
-        );
-        return Err(err.into());
-    }
-    state
-        .metrics
-        .jobs_submitted
-        .with_label_values(&[region.as_str(), priority.as_str()])
-        .inc();
-    let record = state.jobs.get(&job_id).expect("just admitted");
-    Ok((StatusCode::ACCEPTED, Json(accepted_body(&record))))
 }
 
 fn accepted_body(record: &JobRecord) -> serde_json::Value {
@@ -294,13 +378,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .iter()
         .map(|(region, gateway)| (region.as_str(), gateway.is_ready()))
         .collect();
-    let ready = regions.values().all(|ready| *ready);
+    let links: HashMap<&str, bool> = state
+        .links
+        .iter()
+        .map(|(name, connected)| (name.as_str(), connected.load(Ordering::SeqCst)))
+        .collect();
+    let ready = regions.values().chain(links.values()).all(|ready| *ready);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": ready, "regions": regions }))).into_response()
+    (
+        status,
+        Json(json!({ "ready": ready, "regions": regions, "links": links })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -12,6 +12,9 @@ pub enum GatewayError {
     Unavailable { region: String, reason: String },
     #[error("region {region} refused the request: {reason}")]
     Rejected { region: String, reason: String },
+    /// Originals of this region are uploaded to an in-region endpoint, never through here.
+    #[error("originals for region {region} are uploaded to the region's own ingest endpoint{}", url.as_deref().map(|u| format!(" {u}")).unwrap_or_default())]
+    UploadInRegion { region: String, url: Option<String> },
 }
 
 pub trait RegionGateway: Send + Sync + 'static {

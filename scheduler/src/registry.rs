@@ -64,13 +64,20 @@ impl JobRegistry {
             .cloned()
     }
 
-    /// Marks a job failed before it reached a worker (the region's queue was unreachable).
-    pub fn fail(&self, job_id: &Uuid, error: JobError) {
+    /// Drops a job that never reached a region's queue, with its idempotency key.
+    pub fn forget(&self, job_id: &Uuid) {
         let mut inner = self.inner.lock().expect("registry lock");
-        if let Some(record) = inner.jobs.get_mut(job_id) {
-            record.status = JobStatus::Failed;
-            record.error = Some(error);
-        }
+        inner.jobs.remove(job_id);
+        inner.idempotency.retain(|_, id| id != job_id);
+    }
+
+    /// Whether the job has its final result already (a redelivered job reports twice).
+    pub fn is_finished(&self, job_id: &Uuid) -> bool {
+        let inner = self.inner.lock().expect("registry lock");
+        inner
+            .jobs
+            .get(job_id)
+            .is_some_and(|record| !matches!(record.status, JobStatus::Queued | JobStatus::Running))
     }
 
     pub fn apply(&self, event: JobEvent) {

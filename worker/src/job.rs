@@ -198,6 +198,7 @@ pub async fn process_job(
         outputs,
         error: None,
         timings,
+        correlation_id: message.correlation_id.clone(),
     })
 }
 
@@ -215,6 +216,7 @@ pub fn failure_result(message: &JobMessage, region: &RegionId, failure: &JobFail
             message: failure.message.clone(),
         }),
         timings: StageTimings::default(),
+        correlation_id: message.correlation_id.clone(),
     }
 }
 

@@ -6,8 +6,10 @@
 //! - [`store`]: the region's object store.
 //! - [`job`]: one job from message to stored outputs and result.
 //! - [`runtime`]: the in-process queue consumer used by `locality up`.
+//! - [`amqp`]: the RabbitMQ consumer used by `locality worker`.
 //! - [`budget`]: the pixel budget that bounds memory.
 
+pub mod amqp;
 pub mod budget;
 pub mod cpu;
 pub mod job;

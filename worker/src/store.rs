@@ -13,7 +13,9 @@ use locality_proto::{Config, RegionConfig, RegionId};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectMeta, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig, WriteMultipart,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,19 +65,20 @@ impl StoreError {
 pub struct RegionStore {
     region: RegionId,
     inner: Arc<dyn ObjectStore>,
+    /// Tries of one operation on transient errors; the HTTP clients themselves do not retry,
+    /// so this is the one retry policy.
+    attempts: u32,
 }
 
 /// Objects above this size are uploaded in parts of `MULTIPART_PART_SIZE`.
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 const MULTIPART_PART_SIZE: usize = 8 * 1024 * 1024;
 
-/// How often and how long transient store failures are retried before a job fails.
-const RETRY_DELAYS: [Duration; 4] = [
-    Duration::from_millis(100),
-    Duration::from_millis(400),
-    Duration::from_millis(1600),
-    Duration::from_millis(3200),
-];
+/// Backoff between tries of a store operation: doubling from the first, capped.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Tries when the config does not say (`limits.store_attempts`): about 6 s of backoff.
+const DEFAULT_ATTEMPTS: u32 = 7;
 
 impl RegionStore {
     /// A store in a local directory (the embedded default), created if missing.
@@ -93,6 +96,7 @@ impl RegionStore {
         Ok(Self {
             region,
             inner: Arc::new(inner),
+            attempts: DEFAULT_ATTEMPTS,
         })
     }
 
@@ -126,7 +130,7 @@ impl RegionStore {
                 });
             }
         }
-        match (&chosen.store, fallback_directory) {
+        let store = match (&chosen.store, fallback_directory) {
             (Some(url), _) => Self::from_url(region.clone(), url, &chosen.store_options),
             (None, Some(directory)) => {
                 Self::local_directory(region.clone(), &directory.join(region.as_str()))
@@ -134,7 +138,8 @@ impl RegionStore {
             (None, None) => Err(open_error(
                 "no store URL is configured (regions.ID.store)".into(),
             )),
-        }
+        }?;
+        Ok(store.with_attempts(config.limits.store_attempts))
     }
 
     /// A store from a URL (`file:///dir`, `s3://bucket/prefix`, `gs://…`, `az://…`) and its options.
@@ -154,14 +159,27 @@ impl RegionStore {
                 .map_err(|_| open_error(format!("{url} is not a local path")))?;
             return Self::local_directory(region, &directory);
         }
-        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter())
-            .map_err(|e| open_error(format!("{url}: {e}")))?;
+        let (scheme, prefix) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| open_error(format!("{url}: {e}")))?;
+        let store = remote_store(scheme, url, options)
+            .map_err(|reason| open_error(format!("{url}: {reason}")))?;
+        let prefix = ObjectPath::parse(prefix).map_err(|e| open_error(format!("{url}: {e}")))?;
         let inner: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
-            Arc::from(store)
+            store
         } else {
             Arc::new(PrefixStore::new(store, prefix))
         };
-        Ok(Self { region, inner })
+        Ok(Self {
+            region,
+            inner,
+            attempts: DEFAULT_ATTEMPTS,
+        })
+    }
+
+    /// Tries of each operation on transient errors (at least one).
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
     }
 
     pub fn region(&self) -> &RegionId {
@@ -191,7 +209,7 @@ impl RegionStore {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = self.path(key)?;
-        with_retries(|| async {
+        with_retries(self.attempts, || async {
             let result = self
                 .inner
                 .get(&path)
@@ -206,7 +224,7 @@ impl RegionStore {
     /// Large objects go up in parts; the parts are slices of `bytes`, not copies.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        with_retries(|| async {
+        with_retries(self.attempts, || async {
             if bytes.len() <= MULTIPART_THRESHOLD {
                 return self
                     .inner
@@ -235,7 +253,7 @@ impl RegionStore {
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let path = self.path(prefix.trim_end_matches('/'))?;
         let path = (!prefix.is_empty()).then_some(path);
-        with_retries(|| async {
+        with_retries(self.attempts, || async {
             self.inner
                 .list(path.as_ref())
                 .try_collect()
@@ -247,7 +265,7 @@ impl RegionStore {
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
-        with_retries(|| async {
+        with_retries(self.attempts, || async {
             match self.inner.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(self.backend(key, e)),
@@ -257,21 +275,55 @@ impl RegionStore {
     }
 }
 
-async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+/// A remote store built by object_store from the URL and options, with its own HTTP
+/// retries off (our backoff is the policy). Unknown option names are errors, not ignored.
+fn remote_store(
+    scheme: ObjectStoreScheme,
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let no_retries = RetryConfig {
+        max_retries: 0,
+        ..RetryConfig::default()
+    };
+    macro_rules! build {
+        ($builder:ty) => {{
+            let mut builder = <$builder>::new().with_url(url).with_retry(no_retries);
+            for (key, value) in options {
+                let key = key
+                    .parse()
+                    .map_err(|_| format!("unknown store option {key:?}"))?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(builder.build().map_err(|e| e.to_string())?) as Arc<dyn ObjectStore>
+        }};
+    }
+    Ok(match scheme {
+        ObjectStoreScheme::AmazonS3 => build!(object_store::aws::AmazonS3Builder),
+        ObjectStoreScheme::GoogleCloudStorage => {
+            build!(object_store::gcp::GoogleCloudStorageBuilder)
+        }
+        ObjectStoreScheme::MicrosoftAzure => build!(object_store::azure::MicrosoftAzureBuilder),
+        ObjectStoreScheme::Memory => Arc::new(object_store::memory::InMemory::new()),
+        other => return Err(format!("{other:?} stores are not supported")),
+    })
+}
+
+async fn with_retries<T, F, Fut>(attempts: u32, mut attempt: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut delays = RETRY_DELAYS.iter();
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut tried = 1;
     loop {
         match attempt().await {
-            Err(err) if err.is_transient() => match delays.next() {
-                Some(delay) => {
-                    tracing::warn!(error = %err, ?delay, "transient store error, retrying");
-                    tokio::time::sleep(*delay).await;
-                }
-                None => return Err(err),
-            },
+            Err(err) if err.is_transient() && tried < attempts => {
+                tracing::warn!(error = %err, ?delay, tried, "transient store error, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                tried += 1;
+            }
             other => return other,
         }
     }
