@@ -8,10 +8,11 @@ set -euo pipefail
 STATE_DIR=${1:?usage: s3-up.sh STATE_DIR}
 mkdir -p "$STATE_DIR"
 VENV=${LOCALITY_TEST_VENV:-$HOME/.cache/locality/test-venv}
-if [ ! -x "$VENV/bin/moto_server" ]; then
-  echo "[s3-up] installing moto[server] into $VENV" >&2
+# The same venv holds pika, for the Python upload-pipeline example the tests run.
+if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import pika' 2>/dev/null; then
+  echo "[s3-up] installing moto[server] and pika into $VENV" >&2
   python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'pika==1.*' >&2
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 endpoints=()
@@ -30,4 +31,5 @@ for entry in "${endpoints[@]}"; do
   curl -sf -o /dev/null "$url/moto-api/" || { echo "[s3-up] $url did not come up" >&2; exit 1; }
 done
 echo "[s3-up] S3 endpoints: ${endpoints[*]}" >&2
+echo "export LOCALITY_TEST_PYTHON='$VENV/bin/python'"
 echo "export LOCALITY_TEST_S3_ENDPOINTS='$(IFS=,; echo "${endpoints[*]}")'"

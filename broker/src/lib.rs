@@ -182,11 +182,26 @@ pub async fn publish_confirmed(
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(200);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
+/// What a session knows about its connection.
+#[derive(Clone)]
+pub struct Link {
+    /// Cancelled when the connection is lost.
+    pub lost: CancellationToken,
+    connected: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// The session is set up (topology declared, consumers started): report ready.
+    pub fn ready(&self) {
+        self.connected.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Keeps a connection to `url` and runs `session` on it until `shutdown`.
 ///
-/// `session` gets the connection and a token cancelled when the connection is lost; it
-/// returns `Ok` to stop for good (shutdown) or an error to be run again on a fresh
-/// connection. `connected` is true while a session runs, for readiness probes.
+/// `session` gets the connection and its [`Link`]; it returns `Ok` to stop for good
+/// (shutdown) or an error to be run again on a fresh connection. `connected` is true
+/// from the session's `link.ready()` until it ends, for readiness probes.
 pub async fn supervise<F, Fut>(
     url: String,
     connection_name: String,
@@ -194,7 +209,7 @@ pub async fn supervise<F, Fut>(
     shutdown: CancellationToken,
     mut session: F,
 ) where
-    F: FnMut(Arc<Connection>, CancellationToken) -> Fut,
+    F: FnMut(Arc<Connection>, Link) -> Fut,
     Fut: Future<Output = Result<(), BrokerError>>,
 {
     let mut delay = FIRST_RECONNECT_DELAY;
@@ -212,10 +227,13 @@ pub async fn supervise<F, Fut>(
                     tracing::warn!(error = %err, "broker connection lost");
                     on_lost.cancel();
                 });
-                connected.store(true, Ordering::SeqCst);
                 tracing::info!(broker = %redact(&url), name = %connection_name, "connected to the broker");
                 delay = FIRST_RECONNECT_DELAY;
-                let outcome = session(connection.clone(), lost).await;
+                let link = Link {
+                    lost,
+                    connected: connected.clone(),
+                };
+                let outcome = session(connection.clone(), link).await;
                 connected.store(false, Ordering::SeqCst);
                 match outcome {
                     Ok(()) => {

@@ -21,7 +21,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use locality_broker::{
     confirm_channel, json_properties, publish_confirmed, short, text_header, with_text_header,
-    BrokerError,
+    BrokerError, Link,
 };
 use locality_proto::topology::{
     events_queue, jobs_queue, AUTHORIZATION_HEADER, CONTENT_TYPE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
@@ -160,13 +160,13 @@ pub async fn run(
                 name,
                 region.connected.clone(),
                 shutdown.clone(),
-                |connection, lost| {
+                |connection, link| {
                     region_session(
                         state.clone(),
                         region.clone(),
                         results.clone(),
                         connection,
-                        lost,
+                        link,
                         shutdown.clone(),
                     )
                 },
@@ -179,12 +179,12 @@ pub async fn run(
         "locality-scheduler".into(),
         scheduler_connected,
         shutdown.clone(),
-        |connection, lost| {
+        |connection, link| {
             scheduler_session(
                 state.clone(),
                 results.clone(),
                 connection,
-                lost,
+                link,
                 shutdown.clone(),
             )
         },
@@ -198,7 +198,7 @@ async fn region_session(
     region: Arc<AmqpRegion>,
     results: PublishSlot,
     connection: Arc<Connection>,
-    lost: CancellationToken,
+    link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let setup = connection.create_channel().await?;
@@ -222,10 +222,11 @@ async fn region_session(
         )
         .await?;
     let mut depth_poll = tokio::time::interval(DEPTH_POLL);
+    link.ready();
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            _ = lost.cancelled() => break Err(BrokerError::ConnectionLost),
+            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
             _ = depth_poll.tick() => {
                 for (index, priority) in [Priority::Interactive, Priority::Batch].into_iter().enumerate() {
                     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
@@ -325,7 +326,7 @@ async fn scheduler_session(
     state: AppState,
     results: PublishSlot,
     connection: Arc<Connection>,
-    lost: CancellationToken,
+    link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let setup = connection.create_channel().await?;
@@ -344,10 +345,11 @@ async fn scheduler_session(
             FieldTable::default(),
         )
         .await?;
+    link.ready();
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            _ = lost.cancelled() => break Err(BrokerError::ConnectionLost),
+            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
             delivery = submissions.next() => match delivery {
                 Some(Ok(delivery)) => handle_submission(&state, &results, delivery).await,
                 Some(Err(err)) => break Err(err.into()),

@@ -20,6 +20,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use locality_broker::{
     confirm_channel, json_properties, number_header, publish_confirmed, text_header, BrokerError,
+    Link,
 };
 use locality_proto::topology::{
     jobs_queue, CONTENT_TYPE, DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
@@ -59,12 +60,12 @@ pub async fn run_amqp(
         name,
         connected,
         shutdown.clone(),
-        |connection, lost| {
+        |connection, link| {
             session(
                 context.clone(),
                 connection,
                 worker.slots.max(1),
-                lost,
+                link,
                 shutdown.clone(),
             )
         },
@@ -97,7 +98,7 @@ async fn session(
     context: Arc<WorkerContext>,
     connection: Arc<Connection>,
     slots: usize,
-    lost: CancellationToken,
+    link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let region = context.region().clone();
@@ -111,20 +112,21 @@ async fn session(
     let (batch_channel, mut batch) =
         consumer(&connection, &region, Priority::Batch, prefetch).await?;
     tracing::info!(%region, slots, "worker consuming");
+    link.ready();
 
     let free_slots = Arc::new(Semaphore::new(slots));
     let mut in_flight = JoinSet::new();
     let outcome = loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            _ = lost.cancelled() => break Err(BrokerError::ConnectionLost),
+            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
             slot = free_slots.clone().acquire_owned() => slot.expect("never closed"),
         };
         // Interactive first at every pick: batch work never delays a waiting person.
         let delivery = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
-            _ = lost.cancelled() => break Err(BrokerError::ConnectionLost),
+            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
             Some(delivery) = interactive.next() => delivery,
             Some(delivery) = batch.next() => delivery,
             else => break Err(BrokerError::ConnectionLost),
@@ -239,6 +241,7 @@ async fn handle_delivery(context: &WorkerContext, events: &Channel, delivery: De
                 .await
                 .is_ok()
             {
+                tracing::info!(job_id = %message.job_id, tenant = %message.tenant, %region, attempt, "job succeeded");
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             } else {
                 requeue(&delivery).await;

@@ -269,3 +269,4 @@ pub fn config_with_s3_stores(buckets: &[(String, String, String)]) -> String {
     }
     config
 }
+pub mod cluster;
