@@ -144,3 +144,83 @@ async fn large_objects_round_trip_through_multipart_upload() {
     store.put("t/big.bin", payload.into()).await.unwrap();
     assert_eq!(store.list("t/").await.unwrap().len(), 1);
 }
+
+/// `locality worker --region eu` refuses to start when its store is sg's: through the
+/// config (the environment makes eu's store the same bucket and endpoint as sg's) and
+/// through `--store`. It exits before touching the broker or the store.
+#[test]
+fn the_worker_process_refuses_to_start_on_another_regions_store() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let buckets = runtime.block_on(s3_buckets());
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("locality.toml");
+    std::fs::write(&config_path, config_with_s3_stores(&buckets)).unwrap();
+    let (_, sg_endpoint, sg_bucket) = buckets.iter().find(|(r, _, _)| r == "sg").unwrap();
+    let worker = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_locality"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(["worker", "--region", "eu"])
+            .env("LOCALITY__REGIONS__EU__AMQP_URL", "amqp://127.0.0.1:1/eu");
+        command
+    };
+
+    let output = run_briefly(
+        worker()
+            .env("LOCALITY__REGIONS__EU__STORE", format!("s3://{sg_bucket}"))
+            .env(
+                "LOCALITY__REGIONS__EU__STORE_OPTIONS__ENDPOINT",
+                sg_endpoint,
+            ),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started on sg's store: {stderr}");
+    let names_both = (stderr.contains("regions.eu.store") && stderr.contains("region sg"))
+        || (stderr.contains("regions.sg.store") && stderr.contains("region eu"));
+    assert!(
+        stderr.contains("is the same store as region") && names_both,
+        "{stderr}"
+    );
+
+    // A file store declared for sg, given to the eu worker on the command line.
+    let sg_dir = dir.path().join("sg-store");
+    let mut config = config_with_s3_stores(&buckets);
+    let sg_url = url::Url::from_directory_path(&sg_dir).unwrap().to_string();
+    config = config.replacen(
+        &format!("store = \"s3://{sg_bucket}\""),
+        &format!("store = \"{sg_url}\""),
+        1,
+    );
+    std::fs::write(&config_path, config).unwrap();
+    let output = run_briefly(worker().args(["--store", &sg_url]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started on sg's store: {stderr}");
+    assert!(
+        stderr.contains("residency") && stderr.contains("region sg"),
+        "{stderr}"
+    );
+}
+
+/// Runs a command that should exit at once; kills it (and fails) if it is still running
+/// after 30 s, e.g. because it started and went on to wait for a broker.
+fn run_briefly(command: &mut std::process::Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after 30 s: it started instead of refusing\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -143,6 +143,10 @@ impl RegionConfig {
     /// Where the store lives, for telling two regions' stores apart: the URL plus its endpoint.
     pub fn store_identity(&self) -> Option<String> {
         let url = self.store.as_deref()?.trim_end_matches('/');
+        if url.starts_with("file:") {
+            // A local path is the whole identity; endpoint options do not apply.
+            return Some(url.to_string());
+        }
         let endpoint = self
             .store_options
             .get("endpoint")
