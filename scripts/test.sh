@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 scripts/build-deps.sh
 STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/locality-test.XXXXXX")
 trap 'scripts/services-down.sh "$STATE_DIR"; rm -rf "$STATE_DIR"' EXIT
+# s3s-fs (persists to disk, checks credentials) for the test that stops and restarts
+# an S3 server mid-run; the tests start it themselves.
+S3S_ROOT=${LOCALITY_TEST_S3S_ROOT:-$HOME/.cache/locality/s3s}
+if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
+  echo "[test] cargo install s3s-fs into $S3S_ROOT (a few minutes, once)" >&2
+  cargo install s3s-fs@0.14.1 --features binary --locked --root "$S3S_ROOT" >&2
+fi
+export LOCALITY_TEST_S3S_FS="$S3S_ROOT/bin/s3s-fs"
 eval "$(scripts/s3-up.sh "$STATE_DIR")"
 eval "$(scripts/rabbitmq-up.sh "$STATE_DIR")"
 cargo test --workspace --all-targets "$@"

@@ -654,3 +654,143 @@ async fn the_python_example_submits_over_amqp_and_gets_its_result() {
     let (endpoint, bucket) = &cluster.buckets["sg"];
     assert!(list_s3(endpoint, bucket).await.is_empty());
 }
+
+/// An s3s-fs server (persists to disk, checks credentials) that the test can stop and
+/// start again on the same port and directory.
+struct StoppableS3 {
+    root: tempfile::TempDir,
+    port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl StoppableS3 {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("images-eu")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            root,
+            port,
+            process: None,
+        };
+        server.resume();
+        server
+    }
+
+    fn resume(&mut self) {
+        let binary = std::env::var("LOCALITY_TEST_S3S_FS").expect(
+            "LOCALITY_TEST_S3S_FS is not set: it names the s3s-fs binary that scripts/test.sh installs",
+        );
+        let child = std::process::Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", "key-eu", "--secret-key", "secret-eu"])
+            .arg(self.root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        self.process = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn store_lines(&self) -> String {
+        format!(
+            "store = \"s3://images-eu\"\nstore_options = {{ endpoint = \"http://127.0.0.1:{}\", \
+             region = \"us-east-1\", access_key_id = \"key-eu\", secret_access_key = \"secret-eu\", \
+             allow_http = \"true\" }}",
+            self.port
+        )
+    }
+
+    fn files(&self) -> Vec<String> {
+        common::files_under(&self.root.path().join("images-eu"))
+    }
+}
+
+impl Drop for StoppableS3 {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_s3_server_mid_run_loses_no_job() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let results = ResultsListener::start(&broker).await;
+    let mut s3 = StoppableS3::start();
+    let mut stores = BTreeMap::new();
+    stores.insert("eu", s3.store_lines());
+    let cluster = Cluster::start(
+        &broker,
+        ClusterSpec {
+            regions: vec!["eu"],
+            stores,
+            ..ClusterSpec::default()
+        },
+    )
+    .await;
+
+    const JOBS: usize = 60;
+    let photo = small_photo();
+    let mut ids = BTreeSet::new();
+    for n in 0..JOBS {
+        let key = format!("outage/{n}.jpg");
+        cluster.upload("demo-eu", &key, photo.clone()).await;
+        ids.insert(
+            cluster
+                .submit("demo-eu", &envelope("demo-eu", &key, "batch", thumb()))
+                .await,
+        );
+    }
+    results
+        .wait_until("5 results", Duration::from_secs(120), |seen| {
+            seen.len() >= 5
+        })
+        .await;
+    s3.stop();
+    let done_before = results.published().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s3.resume();
+
+    let published = results
+        .wait_until(
+            "every job across the S3 outage",
+            Duration::from_secs(300),
+            |seen| succeeded_once(seen, &ids),
+        )
+        .await;
+    assert!(
+        done_before < JOBS,
+        "the outage must fall inside the run ({done_before} of {JOBS} done before it)"
+    );
+    assert!(published
+        .iter()
+        .all(|seen| seen.result.outcome == JobOutcome::Succeeded));
+    assert!(
+        log_mentions(&cluster.workers["eu"].log, "transient store error"),
+        "the worker never saw the outage"
+    );
+    let outputs = s3
+        .files()
+        .into_iter()
+        .filter(|f| f.contains("/outputs/") && !f.contains(".s3s"))
+        .count();
+    assert_eq!(outputs, JOBS, "files: {:?}", s3.files());
+}
