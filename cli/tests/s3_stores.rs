@@ -224,3 +224,88 @@ fn run_briefly(command: &mut std::process::Command) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Peak resident memory of a process so far (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A JPEG of about 50 MB: 3500×3500 noise at quality 100.
+fn fifty_megabyte_jpeg() -> Vec<u8> {
+    let (width, height) = (3500u32, 3500u32);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let pixels: Vec<u8> = (0..width as usize * height as usize * 3)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 100)
+        .encode(&pixels, width, height, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    jpeg
+}
+
+/// The source is read from S3 into one buffer and decoded from it: the worker's peak
+/// memory grows by about one copy of the source, not two. (The DCT shrink-on-load
+/// decodes at 1/8 scale for this output, so the decoded pixels are small.)
+#[tokio::test]
+async fn a_fifty_megabyte_source_is_held_in_memory_once() {
+    let buckets = s3_buckets().await;
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config_file.path(), config_with_s3_stores(&buckets)).unwrap();
+    let embedded = Embedded::start_with_config(Some(config_file.path()));
+    let jpeg = fifty_megabyte_jpeg();
+    let source_bytes = jpeg.len() as u64;
+    assert!(source_bytes > 45_000_000, "source is {source_bytes} bytes");
+
+    // Put the original straight into eu's bucket, so the upload is not in the measure.
+    let (_, endpoint, bucket) = buckets.iter().find(|(r, _, _)| r == "eu").unwrap();
+    let key = "demo-eu/subjects/_/assets/big/original/big.jpg";
+    let response = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}/{key}"))
+        .body(jpeg)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+
+    let pid = embedded.pid();
+    let before = peak_rss(pid);
+    let response = embedded
+        .submit(
+            "demo-eu",
+            &json!({"v": 1, "tenant": "demo-eu", "asset": "big", "source": {"key": "big.jpg"},
+                    "outputs": [{"name": "preview", "width": 600, "height": 600, "format": "jpeg"}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let record = embedded
+        .wait_for("demo-eu", accepted["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["outputs"][0]["width"], 600);
+    let growth = peak_rss(pid).saturating_sub(before);
+    eprintln!(
+        "50 MB source: {source_bytes} bytes; peak RSS grew by {growth} bytes ({:.2} x the source)",
+        growth as f64 / source_bytes as f64
+    );
+    assert!(
+        growth < source_bytes * 3 / 2,
+        "peak memory grew by {growth} bytes for a {source_bytes}-byte source: more than one copy"
+    );
+}

@@ -77,6 +77,10 @@ impl Embedded {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn region_dir(&self, region: &str) -> PathBuf {
         self.data_dir.path().join(region)
     }
