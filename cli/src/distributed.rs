@@ -14,7 +14,7 @@ use locality_proto::{Config, JobMessage, RegionConfig, RegionId};
 use locality_scheduler::amqp::AmqpRegion;
 use locality_scheduler::{AppState, GatewayError, RegionGateway};
 use locality_worker::amqp::{run_amqp, AmqpWorker};
-use locality_worker::{RegionStore, WorkerContext};
+use locality_worker::{RegionStores, WorkerContext};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
@@ -115,14 +115,14 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
 
 /// A worker's ingest endpoint writes originals into its own region's store.
 struct RegionIngest {
-    store: RegionStore,
+    stores: RegionStores,
     connected: Arc<AtomicBool>,
 }
 
 impl RegionGateway for RegionIngest {
     fn dispatch(&self, _job: JobMessage) -> BoxFuture<'_, Result<(), GatewayError>> {
         let error = GatewayError::Rejected {
-            region: self.store.region().to_string(),
+            region: self.stores.region().to_string(),
             reason: "jobs are submitted to the scheduler, not to a worker".into(),
         };
         async move { Err(error) }.boxed()
@@ -134,11 +134,12 @@ impl RegionGateway for RegionIngest {
         bytes: Bytes,
     ) -> BoxFuture<'_, Result<(), GatewayError>> {
         async move {
-            self.store
+            self.stores
+                .for_key(&object_key)
                 .put(&object_key, bytes)
                 .await
                 .map_err(|e| GatewayError::Unavailable {
-                    region: self.store.region().to_string(),
+                    region: self.stores.region().to_string(),
                     reason: e.to_string(),
                 })
         }
@@ -171,14 +172,14 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
     if store_override.is_none() && own.store.is_none() {
         bail!("regions.{region}.store is required by `locality worker` (or give --store)");
     }
-    let store = RegionStore::open(&config, &region, store_override.as_ref(), None)
+    let stores = RegionStores::open(&config, &region, store_override.as_ref(), None)
         .with_context(|| format!("opening the store of region {region}"))?;
     let threads = crate::threads(args.threads);
     let cpu_pool = crate::image_pool(threads)?;
     let slots = args.jobs.unwrap_or(threads * 2);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let context = Arc::new(WorkerContext::new(store.clone(), config.limits, cpu_pool));
+        let context = Arc::new(WorkerContext::new(stores.clone(), config.limits, cpu_pool));
         let shutdown = CancellationToken::new();
         crate::shutdown::on_signal(shutdown.clone());
         let connected = Arc::new(AtomicBool::new(false));
@@ -187,7 +188,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         gateways.insert(
             region.clone(),
             Arc::new(RegionIngest {
-                store,
+                stores,
                 connected: connected.clone(),
             }),
         );

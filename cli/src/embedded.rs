@@ -15,7 +15,7 @@ use futures::FutureExt;
 use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::{AppState, GatewayError, RegionGateway};
 use locality_worker::runtime::{in_process_queue, run_in_process, InProcessQueue};
-use locality_worker::{RegionStore, WorkerContext};
+use locality_worker::{RegionStores, WorkerContext};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,7 @@ pub struct UpArgs {
 struct InProcessRegion {
     region: RegionId,
     queue: InProcessQueue,
-    store: RegionStore,
+    stores: RegionStores,
 }
 
 impl RegionGateway for InProcessRegion {
@@ -62,7 +62,8 @@ impl RegionGateway for InProcessRegion {
         bytes: Bytes,
     ) -> BoxFuture<'_, Result<(), GatewayError>> {
         async move {
-            self.store
+            self.stores
+                .for_key(&object_key)
                 .put(&object_key, bytes)
                 .await
                 .map_err(|e| GatewayError::Unavailable {
@@ -98,7 +99,7 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
     let mut workers = Vec::new();
     let mut data_dirs = Vec::new();
     for region in config.regions.keys() {
-        let store = RegionStore::open(&config, region, None, Some(&args.data_dir))
+        let stores = RegionStores::open(&config, region, None, Some(&args.data_dir))
             .with_context(|| format!("opening the store of region {region}"))?;
         let location = match &config.regions[region].store {
             Some(url) => url.clone(),
@@ -106,7 +107,7 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
         };
         let (queue, consumer) = in_process_queue();
         let context = Arc::new(WorkerContext::new(
-            store.clone(),
+            stores.clone(),
             config.limits,
             cpu_pool.clone(),
         ));
@@ -122,7 +123,7 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
             Arc::new(InProcessRegion {
                 region: region.clone(),
                 queue,
-                store,
+                stores,
             }),
         );
         data_dirs.push((region.clone(), location));

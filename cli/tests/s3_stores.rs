@@ -309,3 +309,49 @@ async fn a_fifty_megabyte_source_is_held_in_memory_once() {
         "peak memory grew by {growth} bytes for a {source_bytes}-byte source: more than one copy"
     );
 }
+
+/// "Bring your own bucket": demo-eu names its own bucket in eu (same endpoint, its own
+/// credentials). Its originals and outputs go there; eu's own bucket gets nothing of
+/// demo-eu's; other tenants are unaffected.
+#[tokio::test]
+async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
+    let buckets = s3_buckets().await;
+    let (_, eu_endpoint, eu_bucket) = buckets.iter().find(|(r, _, _)| r == "eu").unwrap();
+    let own_bucket = create_bucket(eu_endpoint, "acme").await;
+    let config = config_with_s3_stores(&buckets).replacen(
+        "[tenants.demo-eu.presets.gallery]",
+        &format!(
+            "[tenants.demo-eu.stores.eu]\nstore = \"s3://{own_bucket}\"\nstore_options = {{ endpoint = \"{eu_endpoint}\", \
+             region = \"us-east-1\", access_key_id = \"demo-eu-own\", secret_access_key = \"demo-eu-own-secret\", \
+             allow_http = \"true\" }}\n\n[tenants.demo-eu.presets.gallery]"
+        ),
+        1,
+    );
+    let config_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config_file.path(), &config).unwrap();
+    let embedded = Embedded::start_with_config(Some(config_file.path()));
+    let outputs = json!([{"name": "thumb", "width": 120, "height": 120, "format": "webp"}]);
+    for tenant in ["demo-eu", "demo-ca"] {
+        let record = embedded
+            .run_job(
+                tenant,
+                "photos/recurser_Portrait_8.jpg",
+                "byob.jpg",
+                outputs.clone(),
+            )
+            .await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+    }
+
+    let own = common::cluster::list_s3(eu_endpoint, &own_bucket).await;
+    assert_eq!(own.len(), 2, "original and output of demo-eu: {own:?}");
+    assert!(own.iter().all(|k| k.starts_with("demo-eu/")), "{own:?}");
+    assert!(own.iter().any(|k| k.ends_with("/outputs/thumb.webp")));
+    let region_bucket = common::cluster::list_s3(eu_endpoint, eu_bucket).await;
+    assert!(region_bucket.is_empty(), "{region_bucket:?}");
+    let (_, ca_endpoint, ca_bucket) = buckets.iter().find(|(r, _, _)| r == "ca").unwrap();
+    assert_eq!(
+        common::cluster::list_s3(ca_endpoint, ca_bucket).await.len(),
+        2
+    );
+}

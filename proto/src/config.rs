@@ -172,6 +172,32 @@ pub struct TenantConfig {
     /// Named output lists a job can ask for with `preset`.
     #[serde(default)]
     pub presets: BTreeMap<String, Preset>,
+    /// "Bring your own bucket": the tenant's own store in some of its regions. Its
+    /// originals and outputs in that region go there instead of the region's store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<RegionId, TenantStore>,
+}
+
+/// A tenant's own store in one region (same URL forms and options as a region's store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantStore {
+    pub store: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub store_options: BTreeMap<String, String>,
+}
+
+impl TenantStore {
+    /// As a region store config, for opening it and for comparing store identities.
+    pub fn as_region_store(&self, description: &str) -> RegionConfig {
+        RegionConfig {
+            description: description.to_string(),
+            store: Some(self.store.clone()),
+            store_options: self.store_options.clone(),
+            amqp_url: None,
+            ingest_url: None,
+        }
+    }
 }
 
 fn default_retention_days() -> u32 {
@@ -248,13 +274,32 @@ impl Config {
         Ok(config)
     }
 
+    /// Every store the config declares: (field, region it belongs to, store).
+    pub fn declared_stores(&self) -> Vec<(String, &RegionId, RegionConfig)> {
+        let mut stores: Vec<(String, &RegionId, RegionConfig)> = self
+            .regions
+            .iter()
+            .map(|(id, region)| (format!("regions.{id}.store"), id, region.clone()))
+            .collect();
+        for (tenant_id, tenant) in &self.tenants {
+            for (region, own) in &tenant.stores {
+                stores.push((
+                    format!("tenants.{tenant_id}.stores.{region}.store"),
+                    region,
+                    own.as_region_store(""),
+                ));
+            }
+        }
+        stores
+    }
+
     /// Checks what serde cannot: references between regions and tenants, hashes, presets.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.regions.is_empty() {
             return Err(invalid("regions", "at least one region is required"));
         }
         let mut stores: BTreeMap<String, &RegionId> = BTreeMap::new();
-        for (id, region) in &self.regions {
+        for (field, id, region) in &self.declared_stores() {
             let Some(identity) = region.store_identity() else {
                 continue;
             };
@@ -265,15 +310,17 @@ impl Config {
             .contains(&scheme)
             {
                 return Err(invalid(
-                    format!("regions.{id}.store"),
+                    field.clone(),
                     "must be a file://, s3://, gs:// or az:// URL",
                 ));
             }
             if let Some(other) = stores.insert(identity, id) {
-                return Err(invalid(
-                    format!("regions.{id}.store"),
-                    format!("is the same store as region {other}'s: a store belongs to exactly one region"),
-                ));
+                if other != *id {
+                    return Err(invalid(
+                        field.clone(),
+                        format!("is the same store as region {other}'s: a store belongs to exactly one region"),
+                    ));
+                }
             }
         }
         for (id, tenant) in &self.tenants {
@@ -307,6 +354,14 @@ impl Config {
                     field("api_key_sha256"),
                     "must be the 64 hex digits of the SHA-256 of the API key",
                 ));
+            }
+            for region in tenant.stores.keys() {
+                if !tenant.regions.contains(region) {
+                    return Err(invalid(
+                        field(&format!("stores.{region}")),
+                        format!("region {region} is not one of the tenant's regions"),
+                    ));
+                }
             }
             if tenant.retention_days == 0 {
                 return Err(invalid(field("retention_days"), "must be at least 1"));

@@ -16,7 +16,9 @@ pub mod result;
 pub mod topology;
 pub mod validate;
 
-pub use config::{Config, ConfigError, Limits, RegionConfig, RegionId, TenantConfig, TenantId};
+pub use config::{
+    Config, ConfigError, Limits, RegionConfig, RegionId, TenantConfig, TenantId, TenantStore,
+};
 pub use envelope::{
     Fit, ImageFormat, JobEnvelope, JobMessage, OutputSpec, Priority, SourceRef, ENVELOPE_VERSION,
 };

@@ -14,11 +14,11 @@ use locality_proto::{
 use crate::budget::PixelBudget;
 use crate::cpu::run_on_pool;
 use crate::pipeline::{self, OutputRequest, PipelineError, PipelineOptions};
-use crate::store::{RegionStore, StoreError};
+use crate::store::{RegionStores, StoreError};
 
 /// Everything a worker needs to run jobs; all of it belongs to one region.
 pub struct WorkerContext {
-    store: RegionStore,
+    stores: RegionStores,
     pub limits: Limits,
     pub options: PipelineOptions,
     pub cpu_pool: Arc<rayon::ThreadPool>,
@@ -27,10 +27,10 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     /// The region is the store's: a worker cannot be pointed at another region's store.
-    pub fn new(store: RegionStore, limits: Limits, cpu_pool: Arc<rayon::ThreadPool>) -> Self {
+    pub fn new(stores: RegionStores, limits: Limits, cpu_pool: Arc<rayon::ThreadPool>) -> Self {
         Self {
             budget: PixelBudget::new(limits.worker_pixel_budget),
-            store,
+            stores,
             limits,
             options: PipelineOptions::default(),
             cpu_pool,
@@ -38,11 +38,11 @@ impl WorkerContext {
     }
 
     pub fn region(&self) -> &RegionId {
-        self.store.region()
+        self.stores.region()
     }
 
-    pub fn store(&self) -> &RegionStore {
-        &self.store
+    pub fn stores(&self) -> &RegionStores {
+        &self.stores
     }
 }
 
@@ -137,7 +137,11 @@ pub async fn process_job(
     check_admissible(message, context.region())?;
 
     let fetch_started = Instant::now();
-    let source = context.store.get(&message.source_key).await?;
+    let source = context
+        .stores
+        .for_key(&message.source_key)
+        .get(&message.source_key)
+        .await?;
     timings.fetch_ms = ms(fetch_started);
 
     let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
@@ -173,7 +177,8 @@ pub async fn process_job(
     for (encoded, spec) in rendered.outputs.into_iter().zip(&message.outputs) {
         let bytes = encoded.bytes.len() as u64;
         context
-            .store
+            .stores
+            .for_key(&spec.key)
             .put(&spec.key, Bytes::from(encoded.bytes))
             .await?;
         outputs.push(OutputInfo {

@@ -18,4 +18,4 @@ pub mod runtime;
 pub mod store;
 
 pub use job::{process_job, JobFailure, WorkerContext};
-pub use store::{RegionStore, StoreError};
+pub use store::{RegionStore, RegionStores, StoreError};

@@ -70,6 +70,55 @@ pub struct RegionStore {
     attempts: u32,
 }
 
+/// Every store of one region: the region's own, and the buckets tenants brought for
+/// this region ("bring your own bucket"). All of them belong to the same region; a
+/// worker holds one of these and nothing else.
+#[derive(Clone, Debug)]
+pub struct RegionStores {
+    default: RegionStore,
+    by_tenant: std::collections::BTreeMap<String, RegionStore>,
+}
+
+impl RegionStores {
+    /// The region's store (see [`RegionStore::open`]) and its tenants' own stores.
+    pub fn open(
+        config: &Config,
+        region: &RegionId,
+        store_override: Option<&RegionConfig>,
+        fallback_directory: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let default = RegionStore::open(config, region, store_override, fallback_directory)?;
+        let mut by_tenant = std::collections::BTreeMap::new();
+        for (tenant, tenant_config) in &config.tenants {
+            if let Some(own) = tenant_config.stores.get(region) {
+                let store = RegionStore::from_url(region.clone(), &own.store, &own.store_options)?
+                    .with_attempts(config.limits.store_attempts);
+                by_tenant.insert(tenant.to_string(), store);
+            }
+        }
+        Ok(Self { default, by_tenant })
+    }
+
+    /// Just one store for every tenant.
+    pub fn single(store: RegionStore) -> Self {
+        Self {
+            default: store,
+            by_tenant: Default::default(),
+        }
+    }
+
+    pub fn region(&self) -> &RegionId {
+        self.default.region()
+    }
+
+    /// The store holding `key`: its tenant's own bucket in this region if it brought one
+    /// (the tenant is the first segment of every key), else the region's store.
+    pub fn for_key(&self, key: &str) -> &RegionStore {
+        let tenant = key.split('/').next().unwrap_or_default();
+        self.by_tenant.get(tenant).unwrap_or(&self.default)
+    }
+}
+
 /// Objects above this size are uploaded in parts of `MULTIPART_PART_SIZE`.
 const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 const MULTIPART_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -119,14 +168,15 @@ impl RegionStore {
             .ok_or_else(|| open_error("the region is not in the configuration".into()))?;
         let chosen = store_override.unwrap_or(own);
         if let Some(identity) = chosen.store_identity() {
-            let owner = config.regions.iter().find(|(id, other)| {
+            let declared = config.declared_stores();
+            let owner = declared.iter().find(|(_, id, other)| {
                 *id != region && other.store_identity().as_ref() == Some(&identity)
             });
-            if let Some((owner, _)) = owner {
+            if let Some((_, owner, _)) = owner {
                 return Err(StoreError::ForeignStore {
                     region: region.clone(),
                     store: identity,
-                    owner: owner.clone(),
+                    owner: (*owner).clone(),
                 });
             }
         }

@@ -178,6 +178,42 @@ fn config_errors_name_the_field() {
 }
 
 #[test]
+fn a_tenants_own_bucket_must_be_in_its_regions_and_not_another_regions_store() {
+    let with_stores = |eu_store: &str, extra: &str| {
+        EXAMPLE
+            .replacen(
+                "[regions.sg]\n",
+                "[regions.sg]\nstore = \"s3://images-sg\"\n",
+                1,
+            )
+            .replacen(
+                "[tenants.demo-eu.presets.gallery]",
+                &format!("[tenants.demo-eu.stores.eu]\nstore = \"{eu_store}\"\n{extra}\n[tenants.demo-eu.presets.gallery]"),
+                1,
+            )
+    };
+    let config = Config::from_toml_str(&with_stores("s3://acme-eu", "")).unwrap();
+    assert_eq!(config.tenants[&tenant("demo-eu")].stores.len(), 1);
+
+    // The same bucket as sg's store: refused, naming the field and the other region.
+    let err = Config::from_toml_str(&with_stores("s3://images-sg", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tenants.demo-eu.stores.eu.store") && err.contains("region sg"),
+        "{err}"
+    );
+    // A bucket in a region the tenant is not pinned to.
+    let outside = with_stores("s3://acme-eu", "").replacen(
+        "[tenants.demo-eu.stores.eu]",
+        "[tenants.demo-eu.stores.sg]",
+        1,
+    );
+    let err = Config::from_toml_str(&outside).unwrap_err().to_string();
+    assert!(err.contains("tenants.demo-eu.stores.sg"), "{err}");
+}
+
+#[test]
 fn api_keys_find_their_tenant() {
     let config = config();
     assert_eq!(
