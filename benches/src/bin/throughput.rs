@@ -179,7 +179,7 @@ fn main() -> Result<()> {
         },
         "concurrency": format!("rayon pool of {threads}, jobs and outputs in parallel"),
         "resize": "decode once (JPEG DCT shrink-on-load, M/8), fast_image_resize Lanczos3 per output",
-        "encoder": if workload_name == "W2" { "avif: ravif/rav1e" } else { "jpeg: libjpeg-turbo 3 baseline 4:2:0 optimised Huffman; webp: libwebp method 4" },
+        "encoder": if workload_name == "W2" { "avif: rav1e 4:2:0" } else { "jpeg: libjpeg-turbo 3 baseline 4:2:0 optimised Huffman; webp: libwebp method 4" },
     });
     println!("{line}");
     Ok(())

@@ -19,9 +19,8 @@ pub fn encode(
         }
         ImageFormat::Png => encode_png(pixels).map_err(|e| fail(e.to_string())),
         ImageFormat::Webp => encode_webp(pixels, quality).map_err(fail),
-        ImageFormat::Avif => {
-            encode_avif(pixels, quality, options.avif_speed).map_err(|e| fail(e.to_string()))
-        }
+        ImageFormat::Avif => super::avif::encode_avif(pixels, quality, options.avif_speed)
+            .map_err(|e| fail(e.to_string())),
     }
 }
 
@@ -108,29 +107,4 @@ fn encode_webp(pixels: &Pixels, quality: u8) -> Result<Vec<u8>, String> {
         libwebp_sys::WebPFree(output.cast());
         Ok(bytes)
     }
-}
-
-fn encode_avif(pixels: &Pixels, quality: u8, speed: u8) -> Result<Vec<u8>, ravif::Error> {
-    // One thread per image: parallelism comes from rayon across jobs and outputs.
-    let encoder = ravif::Encoder::new()
-        .with_quality(f32::from(quality))
-        .with_speed(speed)
-        .with_num_threads(Some(1));
-    let (width, height) = (pixels.width as usize, pixels.height as usize);
-    let encoded = if pixels.has_alpha() {
-        let (rgba, _) = pixels.data.as_chunks::<4>();
-        let rgba: Vec<ravif::RGBA8> = rgba
-            .iter()
-            .map(|&[r, g, b, a]| ravif::RGBA8 { r, g, b, a })
-            .collect();
-        encoder.encode_rgba(ravif::Img::new(&rgba, width, height))?
-    } else {
-        let (rgb, _) = pixels.data.as_chunks::<3>();
-        let rgb: Vec<ravif::RGB8> = rgb
-            .iter()
-            .map(|&[r, g, b]| ravif::RGB8 { r, g, b })
-            .collect();
-        encoder.encode_rgb(ravif::Img::new(&rgb, width, height))?
-    };
-    Ok(encoded.avif_file)
 }

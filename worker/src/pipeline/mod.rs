@@ -6,6 +6,7 @@
 //! Nothing of the source's metadata (EXIF, GPS, XMP, IPTC, ICC) is written out:
 //! outputs are encoded from pixels alone.
 
+mod avif;
 mod color;
 mod decode;
 mod encode;
@@ -107,7 +108,7 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         Self {
             shrink_on_load_margin: 1.0,
-            avif_speed: 8,
+            avif_speed: 9,
         }
     }
 }
@@ -225,7 +226,7 @@ pub fn codec_versions() -> String {
     // SAFETY: a pure query of a linked constant.
     let webp = unsafe { libwebp_sys::WebPGetEncoderVersion() };
     format!(
-        "libjpeg-turbo 3 (bundled), libwebp {}.{}.{}, rav1e via ravif, fast_image_resize 6",
+        "libjpeg-turbo 3 (bundled), libwebp {}.{}.{}, rav1e 0.8 (4:2:0), fast_image_resize 6",
         (webp >> 16) & 0xff,
         (webp >> 8) & 0xff,
         webp & 0xff
