@@ -23,6 +23,13 @@ use locality_proto::{ImageFormat, Limits};
 use rayon::prelude::*;
 
 pub use decode::Decoded;
+
+/// The stages one at a time, for the per-stage benchmarks: the functions `run` calls.
+pub mod stages {
+    pub use super::decode::decode;
+    pub use super::encode::encode;
+    pub use super::resize::crop_and_resize;
+}
 pub use error::PipelineError;
 pub use geometry::{plan_output, OutputPlan};
 pub use probe::{probe, Probe, SourceFormat};
