@@ -12,11 +12,16 @@ use locality_proto::{Priority, RegionId};
 
 use crate::BrokerError;
 
-fn durable() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions {
+/// A durable exchange.
+async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> Result<(), BrokerError> {
+    let options = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
-    }
+    };
+    channel
+        .exchange_declare(name, kind, options, FieldTable::default())
+        .await?;
+    Ok(())
 }
 
 /// A durable quorum queue; with `dead_letters`, rejected messages and those redelivered
@@ -75,34 +80,13 @@ async fn bind(
 /// The scheduler's vhost: `locality.submit` (topic, routing key = tenant) into a quorum
 /// queue with dead letters, and the `locality.results` topic exchange.
 pub async fn declare_scheduler(channel: &Channel, delivery_limit: u32) -> Result<(), BrokerError> {
-    channel
-        .exchange_declare(
-            DEAD_LETTER_EXCHANGE,
-            ExchangeKind::Fanout,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
     quorum_queue(channel, SUBMIT_DEAD_LETTER_QUEUE, None).await?;
     bind(channel, SUBMIT_DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
-    channel
-        .exchange_declare(
-            SUBMIT_EXCHANGE,
-            ExchangeKind::Topic,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, SUBMIT_EXCHANGE, ExchangeKind::Topic).await?;
     quorum_queue(channel, SUBMIT_QUEUE, Some(delivery_limit)).await?;
     bind(channel, SUBMIT_QUEUE, SUBMIT_EXCHANGE, "#").await?;
-    channel
-        .exchange_declare(
-            RESULTS_EXCHANGE,
-            ExchangeKind::Topic,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, RESULTS_EXCHANGE, ExchangeKind::Topic).await?;
     Ok(())
 }
 
@@ -113,40 +97,19 @@ pub async fn declare_region(
     region: &RegionId,
     delivery_limit: u32,
 ) -> Result<(), BrokerError> {
-    channel
-        .exchange_declare(
-            DEAD_LETTER_EXCHANGE,
-            ExchangeKind::Fanout,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
     let dead = dead_letter_queue(region);
     quorum_queue(channel, &dead, None).await?;
     bind(channel, &dead, DEAD_LETTER_EXCHANGE, "").await?;
 
-    channel
-        .exchange_declare(
-            JOBS_EXCHANGE,
-            ExchangeKind::Direct,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, JOBS_EXCHANGE, ExchangeKind::Direct).await?;
     for priority in [Priority::Interactive, Priority::Batch] {
         let queue = jobs_queue(region, priority);
         quorum_queue(channel, &queue, Some(delivery_limit)).await?;
         bind(channel, &queue, JOBS_EXCHANGE, priority.as_str()).await?;
     }
 
-    channel
-        .exchange_declare(
-            EVENTS_EXCHANGE,
-            ExchangeKind::Fanout,
-            durable(),
-            FieldTable::default(),
-        )
-        .await?;
+    exchange(channel, EVENTS_EXCHANGE, ExchangeKind::Fanout).await?;
     let events = events_queue(region);
     quorum_queue(channel, &events, None).await?;
     bind(channel, &events, EVENTS_EXCHANGE, "").await?;

@@ -133,17 +133,7 @@ impl RegionGateway for RegionIngest {
         object_key: String,
         bytes: Bytes,
     ) -> BoxFuture<'_, Result<(), GatewayError>> {
-        async move {
-            self.stores
-                .for_key(&object_key)
-                .put(&object_key, bytes)
-                .await
-                .map_err(|e| GatewayError::Unavailable {
-                    region: self.stores.region().to_string(),
-                    reason: e.to_string(),
-                })
-        }
-        .boxed()
+        crate::store_original(&self.stores, object_key, bytes).boxed()
     }
 
     fn queue_depth(&self) -> (usize, usize) {

@@ -78,3 +78,20 @@ fn image_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
         .context("starting the image thread pool")?;
     Ok(std::sync::Arc::new(pool))
 }
+
+/// Writes an uploaded original into the region store its key belongs to (the region's
+/// own, or the tenant's own bucket in that region).
+async fn store_original(
+    stores: &locality_worker::RegionStores,
+    object_key: String,
+    bytes: bytes::Bytes,
+) -> Result<(), locality_scheduler::GatewayError> {
+    stores
+        .for_key(&object_key)
+        .put(&object_key, bytes)
+        .await
+        .map_err(|e| locality_scheduler::GatewayError::Unavailable {
+            region: stores.region().to_string(),
+            reason: e.to_string(),
+        })
+}

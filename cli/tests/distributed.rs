@@ -26,6 +26,28 @@ fn thumb() -> serde_json::Value {
     json!([{ "name": "thumb", "width": 96, "height": 96, "fit": "cover", "format": "jpeg" }])
 }
 
+/// Uploads one small photo per job under `PREFIX/N.jpg` and submits a batch job making
+/// its thumbnail; returns the job ids.
+async fn batch_of_thumbnails(
+    cluster: &Cluster,
+    tenant: &str,
+    prefix: &str,
+    numbers: std::ops::Range<usize>,
+) -> BTreeSet<String> {
+    let photo = small_photo();
+    let mut ids = BTreeSet::new();
+    for n in numbers {
+        let key = format!("{prefix}/{n}.jpg");
+        cluster.upload(tenant, &key, photo.clone()).await;
+        ids.insert(
+            cluster
+                .submit(tenant, &envelope(tenant, &key, "batch", thumb()))
+                .await,
+        );
+    }
+    ids
+}
+
 fn succeeded_once(published: &[common::cluster::Seen], job_ids: &BTreeSet<String>) -> bool {
     let finished: BTreeSet<String> = published
         .iter()
@@ -151,17 +173,7 @@ async fn stopping_and_killing_a_worker_mid_run_loses_and_duplicates_nothing() {
     .await;
 
     const JOBS: usize = 200;
-    let photo = small_photo();
-    let mut ids = BTreeSet::new();
-    for n in 0..JOBS {
-        let key = format!("batch/{n}.jpg");
-        cluster.upload("demo-eu", &key, photo.clone()).await;
-        ids.insert(
-            cluster
-                .submit("demo-eu", &envelope("demo-eu", &key, "batch", thumb()))
-                .await,
-        );
-    }
+    let ids = batch_of_thumbnails(&cluster, "demo-eu", "batch", 0..JOBS).await;
 
     // SIGTERM: the worker stops taking work, finishes what it runs, acks, exits 0.
     results
@@ -229,18 +241,9 @@ async fn restarting_the_broker_mid_run_loses_no_job() {
     )
     .await;
 
-    let photo = small_photo();
     let mut ids = BTreeSet::new();
     for tenant in ["demo-eu", "demo-sg"] {
-        for n in 0..30 {
-            let key = format!("restart/{n}.jpg");
-            cluster.upload(tenant, &key, photo.clone()).await;
-            ids.insert(
-                cluster
-                    .submit(tenant, &envelope(tenant, &key, "batch", thumb()))
-                    .await,
-            );
-        }
+        ids.extend(batch_of_thumbnails(&cluster, tenant, "restart", 0..30).await);
     }
     results
         .wait_until("10 results", Duration::from_secs(120), |seen| {
@@ -269,15 +272,7 @@ async fn restarting_the_broker_mid_run_loses_no_job() {
     cluster.wait_ready().await;
 
     // Jobs submitted after the restart go through too.
-    for n in 30..40 {
-        let key = format!("restart/{n}.jpg");
-        cluster.upload("demo-eu", &key, photo.clone()).await;
-        ids.insert(
-            cluster
-                .submit("demo-eu", &envelope("demo-eu", &key, "batch", thumb()))
-                .await,
-        );
-    }
+    ids.extend(batch_of_thumbnails(&cluster, "demo-eu", "restart", 30..40).await);
     let published = results
         .wait_until(
             "every job across the restart",
@@ -748,17 +743,7 @@ async fn stopping_the_s3_server_mid_run_loses_no_job() {
     .await;
 
     const JOBS: usize = 60;
-    let photo = small_photo();
-    let mut ids = BTreeSet::new();
-    for n in 0..JOBS {
-        let key = format!("outage/{n}.jpg");
-        cluster.upload("demo-eu", &key, photo.clone()).await;
-        ids.insert(
-            cluster
-                .submit("demo-eu", &envelope("demo-eu", &key, "batch", thumb()))
-                .await,
-        );
-    }
+    let ids = batch_of_thumbnails(&cluster, "demo-eu", "outage", 0..JOBS).await;
     results
         .wait_until("5 results", Duration::from_secs(120), |seen| {
             seen.len() >= 5

@@ -18,7 +18,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use locality_broker::{
     confirm_channel, json_properties, publish_confirmed, short, text_header, with_text_header,
     BrokerError, Link,
@@ -29,7 +29,7 @@ use locality_proto::topology::{
 };
 use locality_proto::{
     JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId,
-    StageTimings, ENVELOPE_VERSION,
+    StageTimings, TenantId, ENVELOPE_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -90,15 +90,8 @@ impl RegionGateway for AmqpRegion {
         async move {
             let channel = self.jobs.get().map_err(|e| self.unavailable(e))?;
             let payload = serde_json::to_vec(&job).expect("job messages serialise");
-            let mut properties = with_text_header(
-                json_properties(ENVELOPE_VERSION),
-                TENANT_HEADER,
-                job.tenant.as_str(),
-            )
-            .with_message_id(short(&job.job_id.to_string()));
-            if let Some(correlation_id) = &job.correlation_id {
-                properties = properties.with_correlation_id(short(correlation_id));
-            }
+            let properties =
+                job_properties(&job.tenant, &job.job_id, job.correlation_id.as_deref());
             publish_confirmed(
                 &channel,
                 JOBS_EXCHANGE,
@@ -133,6 +126,25 @@ impl RegionGateway for AmqpRegion {
 
     fn is_ready(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+}
+
+/// Properties of a message about one job: JSON, schema version, tenant header, the job
+/// id as message id, and the submitter's id as correlation id.
+fn job_properties(
+    tenant: &TenantId,
+    job_id: &uuid::Uuid,
+    correlation_id: Option<&str>,
+) -> BasicProperties {
+    let properties = with_text_header(
+        json_properties(ENVELOPE_VERSION),
+        TENANT_HEADER,
+        tenant.as_str(),
+    )
+    .with_message_id(short(&job_id.to_string()));
+    match correlation_id {
+        Some(id) => properties.with_correlation_id(short(id)),
+        None => properties,
     }
 }
 
@@ -291,15 +303,11 @@ async fn relay_event(
 async fn publish_result(results: &PublishSlot, result: &JobResult) -> Result<(), BrokerError> {
     let channel = results.get()?;
     let payload = serde_json::to_vec(result).expect("results serialise");
-    let mut properties = with_text_header(
-        json_properties(ENVELOPE_VERSION),
-        TENANT_HEADER,
-        result.tenant.as_str(),
-    )
-    .with_message_id(short(&result.job_id.to_string()));
-    if let Some(correlation_id) = &result.correlation_id {
-        properties = properties.with_correlation_id(short(correlation_id));
-    }
+    let properties = job_properties(
+        &result.tenant,
+        &result.job_id,
+        result.correlation_id.as_deref(),
+    );
     // Unroutable is fine here: nobody has to listen to results.
     match publish_confirmed(
         &channel,
