@@ -527,41 +527,32 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
             )]))
     };
     let medium = json!([{ "name": "medium", "width": 800, "height": 800, "format": "webp" }]);
+    // Every message is published before any confirm is awaited: the backlog lands at once.
+    let submissions = (0..500)
+        .map(|n| {
+            let body = envelope("demo-eu", "backlog.jpg", "batch", medium.clone());
+            (body, format!("batch-{n}"))
+        })
+        .chain((0..20).map(|n| {
+            let body = envelope("demo-eu", "urgent.jpg", "interactive", thumb());
+            (body, format!("urgent-{n}"))
+        }));
     let mut confirms = Vec::new();
-    for n in 0..500 {
-        let body = envelope("demo-eu", "backlog.jpg", "batch", medium.clone()).to_string();
-        confirms.push(
-            channel
-                .basic_publish(
-                    SUBMIT_EXCHANGE,
-                    "demo-eu",
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    properties(format!("batch-{n}")),
-                )
-                .await
-                .unwrap(),
-        );
+    for (body, id) in submissions {
+        let body = body.to_string();
+        let confirm = channel
+            .basic_publish(
+                SUBMIT_EXCHANGE,
+                "demo-eu",
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties(id),
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
     }
-    for confirm in confirms.drain(..) {
-        assert!(confirm.await.unwrap().is_ack());
-    }
-    for n in 0..20 {
-        let body = envelope("demo-eu", "urgent.jpg", "interactive", thumb()).to_string();
-        confirms.push(
-            channel
-                .basic_publish(
-                    SUBMIT_EXCHANGE,
-                    "demo-eu",
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    properties(format!("urgent-{n}")),
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    for confirm in confirms.drain(..) {
+    for confirm in confirms {
         assert!(confirm.await.unwrap().is_ack());
     }
     let _ = connection.close(200, "done").await;
