@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
@@ -130,10 +130,6 @@ pub fn number_header(properties: &BasicProperties, name: &str) -> Option<i64> {
 }
 
 pub fn short(text: &str) -> ShortString {
-    text.into()
-}
-
-pub fn long(text: &str) -> LongString {
     text.into()
 }
 

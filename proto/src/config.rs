@@ -188,10 +188,10 @@ pub struct TenantStore {
 }
 
 impl TenantStore {
-    /// As a region store config, for opening it and for comparing store identities.
-    pub fn as_region_store(&self, description: &str) -> RegionConfig {
+    /// As a region store config, for comparing store identities.
+    pub fn as_region_store(&self) -> RegionConfig {
         RegionConfig {
-            description: description.to_string(),
+            description: String::new(),
             store: Some(self.store.clone()),
             store_options: self.store_options.clone(),
             amqp_url: None,
@@ -286,7 +286,7 @@ impl Config {
                 stores.push((
                     format!("tenants.{tenant_id}.stores.{region}.store"),
                     region,
-                    own.as_region_store(""),
+                    own.as_region_store(),
                 ));
             }
         }

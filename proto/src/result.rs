@@ -94,6 +94,28 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// A job that did not succeed (failed or refused): no outputs, an error, no timings.
+    pub fn unsuccessful(
+        job_id: uuid::Uuid,
+        tenant: TenantId,
+        region: RegionId,
+        outcome: JobOutcome,
+        error: JobError,
+        correlation_id: Option<String>,
+    ) -> Self {
+        Self {
+            v: crate::ENVELOPE_VERSION,
+            job_id,
+            tenant,
+            region,
+            outcome,
+            outputs: Vec::new(),
+            error: Some(error),
+            timings: StageTimings::default(),
+            correlation_id,
+        }
+    }
+
     /// Routing key on `locality.results`: `TENANT.OUTCOME`.
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.tenant, self.outcome.as_str())

@@ -28,8 +28,8 @@ use locality_proto::topology::{
     SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{
-    JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId,
-    StageTimings, TenantId, ENVELOPE_VERSION,
+    JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId, TenantId,
+    ENVELOPE_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -389,19 +389,18 @@ async fn handle_submission(state: &AppState, results: &PublishSlot, delivery: De
         .as_ref()
         .or(properties.correlation_id().as_ref())
         .map(|id| id.to_string());
-    let answer = |outcome: JobOutcome, code: &str, message: String| JobResult {
-        v: ENVELOPE_VERSION,
-        job_id: uuid::Uuid::new_v4(),
-        tenant: tenant.clone(),
-        region: state.config.tenants[&tenant].home.clone(),
-        outcome,
-        outputs: Vec::new(),
-        error: Some(JobError {
-            code: code.to_string(),
-            message,
-        }),
-        timings: StageTimings::default(),
-        correlation_id: correlation_id.clone(),
+    let answer = |outcome: JobOutcome, code: &str, message: String| {
+        JobResult::unsuccessful(
+            uuid::Uuid::new_v4(),
+            tenant.clone(),
+            state.config.tenants[&tenant].home.clone(),
+            outcome,
+            JobError {
+                code: code.to_string(),
+                message,
+            },
+            correlation_id.clone(),
+        )
     };
 
     let content_type = properties.content_type().as_ref().map(|t| t.to_string());

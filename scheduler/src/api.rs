@@ -64,24 +64,21 @@ impl AppState {
     }
 }
 
+/// The scheduler's API: uploads, jobs, health and metrics.
 pub fn router(state: AppState) -> Router {
-    let upload_limit = usize::try_from(state.config.limits.max_source_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route(
-            "/v1/sources/{*key}",
-            put(put_source).layer(DefaultBodyLimit::max(upload_limit)),
-        )
+    uploads_and_health(&state)
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(job_status))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 /// The in-region ingest endpoint a worker serves in the distributed mode: uploads of
 /// originals into its own region's store, plus health and metrics. No job submission.
 pub fn ingest_router(state: AppState) -> Router {
+    uploads_and_health(&state).with_state(state)
+}
+
+fn uploads_and_health(state: &AppState) -> Router<AppState> {
     let upload_limit = usize::try_from(state.config.limits.max_source_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route(
@@ -91,7 +88,6 @@ pub fn ingest_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
 }
 
 /// An error response: `{"error": {"code": ..., "message": ...}}`.

@@ -26,8 +26,8 @@ use locality_proto::topology::{
     jobs_queue, CONTENT_TYPE, DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
 };
 use locality_proto::{
-    JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, RegionId, StageTimings,
-    TenantId, ENVELOPE_VERSION,
+    JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, RegionId, TenantId,
+    ENVELOPE_VERSION,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -298,24 +298,22 @@ fn unreadable_result(delivery: &Delivery, region: &RegionId, reason: String) -> 
         .as_ref()
         .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok())
         .unwrap_or_default();
-    Some(JobResult {
-        v: ENVELOPE_VERSION,
+    let correlation_id = delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|id| id.to_string());
+    Some(JobResult::unsuccessful(
         job_id,
         tenant,
-        region: region.clone(),
-        outcome: JobOutcome::Failed,
-        outputs: Vec::new(),
-        error: Some(JobError {
+        region.clone(),
+        JobOutcome::Failed,
+        JobError {
             code: "malformed_message".into(),
             message: format!("{reason}; moved to the dead-letter queue"),
-        }),
-        timings: StageTimings::default(),
-        correlation_id: delivery
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|id| id.to_string()),
-    })
+        },
+        correlation_id,
+    ))
 }
 
 async fn publish_event(events: &Channel, event: &JobEvent) -> Result<(), BrokerError> {

@@ -209,20 +209,17 @@ pub async fn process_job(
 
 /// The result to report for a failure.
 pub fn failure_result(message: &JobMessage, region: &RegionId, failure: &JobFailure) -> JobResult {
-    JobResult {
-        v: ENVELOPE_VERSION,
-        job_id: message.job_id,
-        tenant: message.tenant.clone(),
-        region: region.clone(),
-        outcome: failure.outcome,
-        outputs: Vec::new(),
-        error: Some(JobError {
+    JobResult::unsuccessful(
+        message.job_id,
+        message.tenant.clone(),
+        region.clone(),
+        failure.outcome,
+        JobError {
             code: failure.code.to_string(),
             message: failure.message.clone(),
-        }),
-        timings: StageTimings::default(),
-        correlation_id: message.correlation_id.clone(),
-    }
+        },
+        message.correlation_id.clone(),
+    )
 }
 
 fn ms(since: Instant) -> f64 {
