@@ -1,10 +1,12 @@
-//! Locality's AMQP transport, shared by the scheduler and the workers.
+//! Locality's AMQP transport, shared by the scheduler and the workers (lapin 4, on tokio).
 //!
 //! - [`topology`]: the exchanges and queues of the scheduler's vhost and of a region's vhost.
+//! - [`publish`]: confirmed publishes and the properties and headers of Locality's messages.
+//! - [`settle`]: ack, nack, reject and close, each logging a failure instead of dropping it.
 //! - [`supervise`]: a connection that comes back after the broker goes away, with backoff.
-//! - [`publish_confirmed`]: every publish waits for the broker's confirm; a nack or an
-//!   unroutable message is an error, so a caller acks its own input only after this returns.
 
+pub mod publish;
+pub mod settle;
 pub mod topology;
 
 use std::future::Future;
@@ -12,13 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::Confirmation;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use futures::StreamExt;
+use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
 pub use lapin;
+pub use publish::{
+    confirm_channel, json_properties, number_header, publish_confirmed, short, text_header,
+    with_number_header, with_text_header,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +55,7 @@ pub enum BrokerError {
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
+            // Setting a password fails only for URLs that cannot have one, and this one has one.
             let _ = parsed.set_password(Some("***"));
             parsed.to_string()
         }
@@ -61,118 +66,13 @@ pub fn redact(url: &str) -> String {
 
 /// Opens a connection whose I/O runs on the current tokio runtime.
 pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, BrokerError> {
-    let properties = ConnectionProperties::default()
-        .with_connection_name(connection_name.into())
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
+    let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
     Connection::connect(url, properties)
         .await
         .map_err(|source| BrokerError::Connect {
             url: redact(url),
             source,
         })
-}
-
-/// A channel in confirm mode: every publish on it is acknowledged by the broker.
-pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
-}
-
-/// Properties of every message Locality publishes: JSON, persistent, schema version header.
-pub fn json_properties(schema: u32) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        locality_proto::topology::SCHEMA_HEADER.into(),
-        AMQPValue::LongUInt(schema),
-    );
-    BasicProperties::default()
-        .with_content_type(locality_proto::topology::CONTENT_TYPE.into())
-        .with_delivery_mode(2)
-        .with_headers(headers)
-}
-
-/// Adds a text header to the properties.
-pub fn with_text_header(properties: BasicProperties, name: &str, value: &str) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert(name.into(), AMQPValue::LongString(value.into()));
-    properties.with_headers(headers)
-}
-
-/// A header as text, whatever string type the publisher used.
-pub fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
-    let value = properties.headers().as_ref()?.inner().get(name)?;
-    match value {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.as_str().to_string()),
-        _ => None,
-    }
-}
-
-/// A header as a number, whatever integer type the publisher used.
-pub fn number_header(properties: &BasicProperties, name: &str) -> Option<i64> {
-    let value = properties.headers().as_ref()?.inner().get(name)?;
-    match *value {
-        AMQPValue::ShortShortInt(n) => Some(n.into()),
-        AMQPValue::ShortShortUInt(n) => Some(n.into()),
-        AMQPValue::ShortInt(n) => Some(n.into()),
-        AMQPValue::ShortUInt(n) => Some(n.into()),
-        AMQPValue::LongInt(n) => Some(n.into()),
-        AMQPValue::LongUInt(n) => Some(n.into()),
-        AMQPValue::LongLongInt(n) => Some(n),
-        AMQPValue::Timestamp(n) => i64::try_from(n).ok(),
-        AMQPValue::LongString(ref text) => text.to_string().parse().ok(),
-        _ => None,
-    }
-}
-
-pub fn short(text: &str) -> ShortString {
-    text.into()
-}
-
-/// Publishes and waits for the broker's confirm. `mandatory`, so a message no queue
-/// would take comes back as [`BrokerError::Unroutable`] instead of vanishing.
-pub async fn publish_confirmed(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    payload: &[u8],
-    properties: BasicProperties,
-) -> Result<(), BrokerError> {
-    let confirmation = channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            payload,
-            properties,
-        )
-        .await?
-        .await?;
-    let describe = || (exchange.to_string(), routing_key.to_string());
-    match confirmation {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => {
-            let (exchange, routing_key) = describe();
-            Err(BrokerError::Unroutable {
-                exchange,
-                routing_key,
-            })
-        }
-        Confirmation::Nack(_) => {
-            let (exchange, routing_key) = describe();
-            Err(BrokerError::Nacked {
-                exchange,
-                routing_key,
-            })
-        }
-    }
 }
 
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -218,27 +118,26 @@ pub async fn supervise<F, Fut>(
             Ok(connection) => {
                 let connection = Arc::new(connection);
                 let lost = CancellationToken::new();
-                let on_lost = lost.clone();
-                connection.on_error(move |err| {
-                    tracing::warn!(error = %err, "broker connection lost");
-                    on_lost.cancel();
-                });
+                let watcher = watch_for_errors(&connection, lost.clone());
                 tracing::info!(broker = %redact(&url), name = %connection_name, "connected to the broker");
                 delay = FIRST_RECONNECT_DELAY;
                 let link = Link {
-                    lost,
+                    lost: lost.clone(),
                     connected: connected.clone(),
                 };
                 let outcome = session(connection.clone(), link).await;
                 connected.store(false, Ordering::SeqCst);
+                watcher.abort();
                 match outcome {
                     Ok(()) => {
-                        let _ = connection.close(200, "shutting down").await;
+                        settle::close_connection(&connection, "shutting down").await;
                         return;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, name = %connection_name, "broker session ended; reconnecting");
-                        let _ = connection.close(320, "reconnecting").await;
+                        if !lost.is_cancelled() {
+                            settle::close_connection(&connection, "reconnecting").await;
+                        }
                     }
                 }
             }
@@ -252,4 +151,22 @@ pub async fn supervise<F, Fut>(
         }
         delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
+}
+
+/// Cancels `lost` at the connection's first error.
+fn watch_for_errors(
+    connection: &Connection,
+    lost: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = connection.events_listener();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(err) = event {
+                tracing::warn!(error = %err, "broker connection lost");
+                lost.cancel();
+                return;
+            }
+        }
+        lost.cancel();
+    })
 }

@@ -5,8 +5,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use locality_proto::topology::{
-    dead_letter_queue, events_queue, jobs_queue, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE,
-    JOBS_EXCHANGE, RESULTS_EXCHANGE, SUBMIT_DEAD_LETTER_QUEUE, SUBMIT_EXCHANGE, SUBMIT_QUEUE,
+    dead_letter_queue, events_queue, jobs_queue, retry_queue, DEAD_LETTER_EXCHANGE,
+    EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE, SUBMIT_DEAD_LETTER_QUEUE,
+    SUBMIT_EXCHANGE, SUBMIT_QUEUE,
 };
 use locality_proto::{Priority, RegionId};
 
@@ -19,36 +20,52 @@ async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> Result<(
         ..ExchangeDeclareOptions::default()
     };
     channel
-        .exchange_declare(name, kind, options, FieldTable::default())
+        .exchange_declare(name.into(), kind, options, FieldTable::default())
         .await?;
     Ok(())
 }
 
-/// A durable quorum queue; with `dead_letters`, rejected messages and those redelivered
-/// more than `delivery_limit` times go to [`DEAD_LETTER_EXCHANGE`].
+/// What happens to a queue's messages that are rejected or expire.
+enum DeadLetters {
+    None,
+    /// To [`DEAD_LETTER_EXCHANGE`]; the broker also moves a message there after
+    /// `limit` returns without settlement (a safety net: workers count first).
+    ToDeadLetterQueue {
+        limit: u32,
+    },
+    /// Expired messages go back to `exchange` with their routing key, at least once.
+    BackTo {
+        exchange: &'static str,
+    },
+}
+
+/// A durable quorum queue.
 async fn quorum_queue(
     channel: &Channel,
     name: &str,
-    dead_letters: Option<u32>,
+    dead_letters: DeadLetters,
 ) -> Result<(), BrokerError> {
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    if let Some(delivery_limit) = dead_letters {
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
-        );
-        arguments.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongInt(i32::try_from(delivery_limit).unwrap_or(i32::MAX)),
-        );
+    let text = |value: &str| AMQPValue::LongString(value.into());
+    arguments.insert("x-queue-type".into(), text("quorum"));
+    match dead_letters {
+        DeadLetters::None => {}
+        DeadLetters::ToDeadLetterQueue { limit } => {
+            arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(i32::try_from(limit).unwrap_or(i32::MAX)),
+            );
+        }
+        DeadLetters::BackTo { exchange } => {
+            arguments.insert("x-dead-letter-exchange".into(), text(exchange));
+            arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            arguments.insert("x-overflow".into(), text("reject-publish"));
+        }
     }
     channel
         .queue_declare(
-            name,
+            name.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -67,9 +84,9 @@ async fn bind(
 ) -> Result<(), BrokerError> {
     channel
         .queue_bind(
-            queue,
-            exchange,
-            routing_key,
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -77,21 +94,34 @@ async fn bind(
     Ok(())
 }
 
+/// The broker's own limit on returns of one message, above the workers' own
+/// `delivery_limit`, so the workers decide first and report a result.
+fn broker_safety_limit(delivery_limit: u32) -> u32 {
+    delivery_limit.saturating_mul(2).saturating_add(5)
+}
+
 /// The scheduler's vhost: `locality.submit` (topic, routing key = tenant) into a quorum
 /// queue with dead letters, and the `locality.results` topic exchange.
 pub async fn declare_scheduler(channel: &Channel, delivery_limit: u32) -> Result<(), BrokerError> {
     exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
-    quorum_queue(channel, SUBMIT_DEAD_LETTER_QUEUE, None).await?;
+    quorum_queue(channel, SUBMIT_DEAD_LETTER_QUEUE, DeadLetters::None).await?;
     bind(channel, SUBMIT_DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
     exchange(channel, SUBMIT_EXCHANGE, ExchangeKind::Topic).await?;
-    quorum_queue(channel, SUBMIT_QUEUE, Some(delivery_limit)).await?;
+    let limit = broker_safety_limit(delivery_limit);
+    quorum_queue(
+        channel,
+        SUBMIT_QUEUE,
+        DeadLetters::ToDeadLetterQueue { limit },
+    )
+    .await?;
     bind(channel, SUBMIT_QUEUE, SUBMIT_EXCHANGE, "#").await?;
     exchange(channel, RESULTS_EXCHANGE, ExchangeKind::Topic).await?;
     Ok(())
 }
 
 /// A region's vhost: one quorum queue per priority behind `locality.jobs` (direct,
-/// routing key = priority), the dead-letter queue, and the events queue.
+/// routing key = priority), the retry queue that feeds them after a backoff, the
+/// dead-letter queue, and the events queue.
 pub async fn declare_region(
     channel: &Channel,
     region: &RegionId,
@@ -99,19 +129,27 @@ pub async fn declare_region(
 ) -> Result<(), BrokerError> {
     exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
     let dead = dead_letter_queue(region);
-    quorum_queue(channel, &dead, None).await?;
+    quorum_queue(channel, &dead, DeadLetters::None).await?;
     bind(channel, &dead, DEAD_LETTER_EXCHANGE, "").await?;
 
     exchange(channel, JOBS_EXCHANGE, ExchangeKind::Direct).await?;
+    exchange(channel, RETRY_EXCHANGE, ExchangeKind::Direct).await?;
+    let retry = retry_queue(region);
+    let back_to_jobs = DeadLetters::BackTo {
+        exchange: JOBS_EXCHANGE,
+    };
+    quorum_queue(channel, &retry, back_to_jobs).await?;
+    let limit = broker_safety_limit(delivery_limit);
     for priority in [Priority::Interactive, Priority::Batch] {
         let queue = jobs_queue(region, priority);
-        quorum_queue(channel, &queue, Some(delivery_limit)).await?;
+        quorum_queue(channel, &queue, DeadLetters::ToDeadLetterQueue { limit }).await?;
         bind(channel, &queue, JOBS_EXCHANGE, priority.as_str()).await?;
+        bind(channel, &retry, RETRY_EXCHANGE, priority.as_str()).await?;
     }
 
     exchange(channel, EVENTS_EXCHANGE, ExchangeKind::Fanout).await?;
     let events = events_queue(region);
-    quorum_queue(channel, &events, None).await?;
+    quorum_queue(channel, &events, DeadLetters::None).await?;
     bind(channel, &events, EVENTS_EXCHANGE, "").await?;
     Ok(())
 }

@@ -1,20 +1,19 @@
 //! The distributed mode: `locality scheduler` and `locality worker --region ID` as
 //! separate processes talking through RabbitMQ (one vhost or broker per region).
+//! Parse, compose, run: the parts are `locality_scheduler` and `locality_worker`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use locality_proto::{Config, JobMessage, RegionConfig, RegionId};
+use locality_proto::{Config, RegionConfig, RegionId};
 use locality_scheduler::amqp::AmqpRegion;
-use locality_scheduler::{AppState, GatewayError, RegionGateway};
-use locality_worker::amqp::{run_amqp, AmqpWorker};
-use locality_worker::{RegionStores, WorkerContext};
+use locality_scheduler::{Control, Region, Uploads};
+use locality_worker::ingest::IngestState;
+use locality_worker::transport::amqp::run_amqp;
+use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
@@ -47,18 +46,6 @@ pub struct WorkerArgs {
     store: Option<String>,
 }
 
-fn listen_address(config: &Config, flag: Option<SocketAddr>) -> Result<SocketAddr> {
-    match flag {
-        Some(address) => Ok(address),
-        None => config.scheduler.listen.parse().with_context(|| {
-            format!(
-                "scheduler.listen {:?} is not an address",
-                config.scheduler.listen
-            )
-        }),
-    }
-}
-
 pub fn run_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(serve_scheduler(config, args))
@@ -70,32 +57,47 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         .amqp_url
         .clone()
         .context("scheduler.amqp_url is required by `locality scheduler`")?;
-    let mut regions = Vec::new();
-    let mut gateways: BTreeMap<RegionId, Arc<dyn RegionGateway>> = BTreeMap::new();
+    let mut links = Vec::new();
+    let mut regions: BTreeMap<RegionId, Region> = BTreeMap::new();
     for (id, region) in &config.regions {
         let url = region.amqp_url.clone().with_context(|| {
             format!("regions.{id}.amqp_url is required by `locality scheduler`")
         })?;
-        let gateway = AmqpRegion::new(id.clone(), url, region.ingest_url.clone());
-        gateways.insert(id.clone(), gateway.clone());
-        regions.push(gateway);
+        let link = AmqpRegion::new(id.clone(), url);
+        let uploads = match &region.ingest_url {
+            Some(ingest_url) => Uploads::Redirect {
+                ingest_url: ingest_url.clone(),
+            },
+            None => Uploads::InRegionOnly,
+        };
+        regions.insert(
+            id.clone(),
+            Region {
+                dispatch: link.clone(),
+                uploads,
+            },
+        );
+        links.push(link);
     }
+    let listen = crate::listen_address(&config, args.listen)?;
     let shutdown = CancellationToken::new();
     crate::shutdown::on_signal(shutdown.clone());
 
+    let registry = prometheus::Registry::new();
+    locality_http::register_build_info(&registry);
     let connected = Arc::new(AtomicBool::new(false));
-    let config = Arc::new(config);
-    let state =
-        AppState::new(config.clone(), gateways).with_link("scheduler-broker", connected.clone());
-    let links = tokio::spawn(locality_scheduler::amqp::run(
-        state.clone(),
+    let control = Arc::new(
+        Control::new(Arc::new(config), regions, &registry)
+            .with_link("scheduler-broker", connected.clone()),
+    );
+    let broker = tokio::spawn(locality_scheduler::amqp::run(
+        control.clone(),
         scheduler_url,
         connected,
-        regions,
+        links,
         shutdown.clone(),
     ));
 
-    let listen = listen_address(&config, args.listen)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -103,46 +105,16 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         "locality scheduler: listening on http://{}",
         listener.local_addr()?
     );
-    let http_shutdown = shutdown.clone();
-    axum::serve(listener, locality_scheduler::router(state))
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await
-        .context("serving HTTP")?;
-    links.await.context("the broker links failed")?;
+    axum::serve(
+        listener,
+        locality_scheduler::http::router(control, registry),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("serving HTTP")?;
+    broker.await.context("the broker links failed")?;
     println!("locality scheduler: stopped");
     Ok(())
-}
-
-/// A worker's ingest endpoint writes originals into its own region's store.
-struct RegionIngest {
-    stores: RegionStores,
-    connected: Arc<AtomicBool>,
-}
-
-impl RegionGateway for RegionIngest {
-    fn dispatch(&self, _job: JobMessage) -> BoxFuture<'_, Result<(), GatewayError>> {
-        let error = GatewayError::Rejected {
-            region: self.stores.region().to_string(),
-            reason: "jobs are submitted to the scheduler, not to a worker".into(),
-        };
-        async move { Err(error) }.boxed()
-    }
-
-    fn put_source(
-        &self,
-        object_key: String,
-        bytes: Bytes,
-    ) -> BoxFuture<'_, Result<(), GatewayError>> {
-        crate::store_original(&self.stores, object_key, bytes).boxed()
-    }
-
-    fn queue_depth(&self) -> (usize, usize) {
-        (0, 0)
-    }
-
-    fn is_ready(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
-    }
 }
 
 pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
@@ -169,20 +141,25 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
     let slots = args.jobs.unwrap_or(threads * 2);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let context = Arc::new(WorkerContext::new(stores.clone(), config.limits, cpu_pool));
+        let registry = prometheus::Registry::new();
+        locality_http::register_build_info(&registry);
+        let metrics = WorkerMetrics::register(&registry);
+        let config = Arc::new(config);
+        let context = Arc::new(WorkerContext::new(
+            stores.clone(),
+            config.limits,
+            cpu_pool,
+            &metrics,
+        ));
         let shutdown = CancellationToken::new();
         crate::shutdown::on_signal(shutdown.clone());
         let connected = Arc::new(AtomicBool::new(false));
-
-        let mut gateways: BTreeMap<RegionId, Arc<dyn RegionGateway>> = BTreeMap::new();
-        gateways.insert(
-            region.clone(),
-            Arc::new(RegionIngest {
-                stores,
-                connected: connected.clone(),
-            }),
-        );
-        let state = AppState::new(Arc::new(config), gateways);
+        let ingest = locality_worker::ingest::router(IngestState {
+            config,
+            stores,
+            connected: connected.clone(),
+            registry,
+        });
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -191,13 +168,12 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
             listener.local_addr()?
         );
         let http_shutdown = shutdown.clone();
-        let router = locality_scheduler::ingest_router(state);
         let http = tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener, ingest)
                 .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
                 .await
         });
-        run_amqp(context, AmqpWorker { url, slots }, connected, shutdown).await;
+        run_amqp(context, url, slots, connected, shutdown).await;
         http.await.context("the ingest endpoint failed")??;
         println!("locality worker {region}: stopped");
         Ok(())

@@ -1,22 +1,12 @@
-//! `locality up`: scheduler and one worker per region in one process.
-//!
-//! The same routing, pipeline, stores and job code run here as in the distributed
-//! mode; only the transport differs (tokio channels instead of a broker).
+//! `locality up`: parse, compose, run. The wiring itself is `locality_embedded`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use locality_proto::{Config, JobMessage, RegionId};
-use locality_scheduler::{AppState, GatewayError, RegionGateway};
-use locality_worker::runtime::{in_process_queue, run_in_process, InProcessQueue};
-use locality_worker::{RegionStores, WorkerContext};
-use tokio::sync::mpsc;
+use locality_embedded::{Embedded, Options};
+use locality_proto::Config;
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
@@ -37,42 +27,6 @@ pub struct UpArgs {
     jobs_per_region: usize,
 }
 
-/// A region reached in-process: its queue, and its own store for uploads of originals.
-struct InProcessRegion {
-    region: RegionId,
-    queue: InProcessQueue,
-    stores: RegionStores,
-}
-
-impl RegionGateway for InProcessRegion {
-    fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), GatewayError>> {
-        let result = self
-            .queue
-            .publish(job)
-            .map_err(|e| GatewayError::Unavailable {
-                region: self.region.to_string(),
-                reason: e.to_string(),
-            });
-        async move { result }.boxed()
-    }
-
-    fn put_source(
-        &self,
-        object_key: String,
-        bytes: Bytes,
-    ) -> BoxFuture<'_, Result<(), GatewayError>> {
-        crate::store_original(&self.stores, object_key, bytes).boxed()
-    }
-
-    fn queue_depth(&self) -> (usize, usize) {
-        self.queue.depth()
-    }
-
-    fn is_ready(&self) -> bool {
-        true
-    }
-}
-
 pub fn run(config: Config, args: UpArgs) -> Result<()> {
     let cpu_pool = crate::image_pool(crate::threads(args.threads))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -80,83 +34,35 @@ pub fn run(config: Config, args: UpArgs) -> Result<()> {
 }
 
 async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -> Result<()> {
-    let config = Arc::new(config);
+    let listen = crate::listen_address(&config, args.listen)?;
     let shutdown = CancellationToken::new();
     crate::shutdown::on_signal(shutdown.clone());
-
-    let (events, mut events_rx) = mpsc::unbounded_channel();
-    let mut gateways: BTreeMap<RegionId, Arc<dyn RegionGateway>> = BTreeMap::new();
-    let mut workers = Vec::new();
-    let mut data_dirs = Vec::new();
-    for region in config.regions.keys() {
-        let stores = RegionStores::open(&config, region, None, Some(&args.data_dir))
-            .with_context(|| format!("opening the store of region {region}"))?;
-        let location = match &config.regions[region].store {
-            Some(url) => url.clone(),
-            None => args.data_dir.join(region.as_str()).display().to_string(),
-        };
-        let (queue, consumer) = in_process_queue();
-        let context = Arc::new(WorkerContext::new(
-            stores.clone(),
-            config.limits,
-            cpu_pool.clone(),
-        ));
-        workers.push(tokio::spawn(run_in_process(
-            context,
-            consumer,
-            events.clone(),
-            args.jobs_per_region,
-            shutdown.clone(),
-        )));
-        gateways.insert(
-            region.clone(),
-            Arc::new(InProcessRegion {
-                region: region.clone(),
-                queue,
-                stores,
-            }),
-        );
-        data_dirs.push((region.clone(), location));
-    }
-    drop(events);
-
-    let state = AppState::new(config.clone(), gateways);
-    let recorder = state.clone();
-    let event_loop = tokio::spawn(async move {
-        while let Some(event) = events_rx.recv().await {
-            recorder.record_event(event);
-        }
-    });
-
-    let listen = match args.listen {
-        Some(address) => address,
-        None => config.scheduler.listen.parse().with_context(|| {
-            format!(
-                "scheduler.listen {:?} is not an address",
-                config.scheduler.listen
-            )
-        })?,
+    let options = Options {
+        data_dir: args.data_dir,
+        jobs_per_region: args.jobs_per_region,
     };
+    let embedded = Embedded::start(Arc::new(config), &options, cpu_pool, shutdown.clone())?;
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    let address = listener.local_addr()?;
-    println!("locality up: listening on http://{address}");
-    for (region, directory) in &data_dirs {
-        let description = &config.regions[region].description;
-        println!("  region {region} ({description}): data in {directory}");
+    println!(
+        "locality up: listening on http://{}",
+        listener.local_addr()?
+    );
+    for region in &embedded.regions {
+        println!(
+            "  region {} ({}): data in {}",
+            region.region, region.description, region.data
+        );
     }
     println!("  press Ctrl-C to drain and stop");
 
-    let http_shutdown = shutdown.clone();
-    axum::serve(listener, locality_scheduler::router(state))
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+    axum::serve(listener, embedded.router())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving HTTP")?;
-    for worker in workers {
-        worker.await.context("a worker task failed")?;
-    }
-    event_loop.await.context("the result recorder failed")?;
+    embedded.finish().await;
     println!("locality up: stopped");
     Ok(())
 }

@@ -63,6 +63,23 @@ fn main() -> Result<()> {
     }
 }
 
+/// The address to listen on: the flag, or scheduler.listen from the config.
+fn listen_address(
+    config: &locality_proto::Config,
+    flag: Option<std::net::SocketAddr>,
+) -> Result<std::net::SocketAddr> {
+    use anyhow::Context;
+    match flag {
+        Some(address) => Ok(address),
+        None => config.scheduler.listen.parse().with_context(|| {
+            format!(
+                "scheduler.listen {:?} is not an address",
+                config.scheduler.listen
+            )
+        }),
+    }
+}
+
 /// Threads for image work: the flag, or the CPU count.
 fn threads(flag: Option<usize>) -> usize {
     flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -77,21 +94,4 @@ fn image_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
         .build()
         .context("starting the image thread pool")?;
     Ok(std::sync::Arc::new(pool))
-}
-
-/// Writes an uploaded original into the region store its key belongs to (the region's
-/// own, or the tenant's own bucket in that region).
-async fn store_original(
-    stores: &locality_worker::RegionStores,
-    object_key: String,
-    bytes: bytes::Bytes,
-) -> Result<(), locality_scheduler::GatewayError> {
-    stores
-        .for_key(&object_key)
-        .put(&object_key, bytes)
-        .await
-        .map_err(|e| locality_scheduler::GatewayError::Unavailable {
-            region: stores.region().to_string(),
-            reason: e.to_string(),
-        })
 }

@@ -4,16 +4,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::cluster::{
-    envelope, list_s3, log_mentions, small_photo, Broker, Cluster, ClusterSpec, ResultsListener,
-    BROKER_LOCK,
-};
-use common::{api_key, REGIONS};
+use common::broker::{headers, publish_raw, Broker, BROKER_LOCK};
+use common::cluster::{Cluster, ClusterSpec};
+use common::deployment::Deployment;
+use common::results::{all_reported, Seen};
+use common::s3::StoppableS3;
+use common::{api_key, envelope, log_contains, metric_sum, scenarios, small_photo, thumb};
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use locality_proto::topology::{
     dead_letter_queue, AUTHORIZATION_HEADER, CONTENT_TYPE, JOBS_EXCHANGE, SCHEMA_HEADER,
@@ -22,90 +23,89 @@ use locality_proto::topology::{
 use locality_proto::{JobOutcome, RegionId};
 use serde_json::json;
 
-fn thumb() -> serde_json::Value {
-    json!([{ "name": "thumb", "width": 96, "height": 96, "fit": "cover", "format": "jpeg" }])
-}
-
 /// Uploads one small photo per job under `PREFIX/N.jpg` and submits a batch job making
-/// its thumbnail; returns the job ids.
-async fn batch_of_thumbnails(
+/// `outputs` of it; returns the job ids.
+async fn batch_of_jobs(
     cluster: &Cluster,
     tenant: &str,
     prefix: &str,
     numbers: std::ops::Range<usize>,
+    outputs: serde_json::Value,
 ) -> BTreeSet<String> {
     let photo = small_photo();
     let mut ids = BTreeSet::new();
     for n in numbers {
         let key = format!("{prefix}/{n}.jpg");
         cluster.upload(tenant, &key, photo.clone()).await;
-        ids.insert(
-            cluster
-                .submit(tenant, &envelope(tenant, &key, "batch", thumb()))
-                .await,
-        );
+        let envelope = envelope(tenant, &key, "batch", outputs.clone());
+        ids.insert(cluster.submit_retrying(tenant, &envelope).await);
     }
     ids
 }
 
-fn succeeded_once(published: &[common::cluster::Seen], job_ids: &BTreeSet<String>) -> bool {
-    let finished: BTreeSet<String> = published
-        .iter()
-        .map(|seen| seen.result.job_id.to_string())
-        .filter(|id| job_ids.contains(id))
-        .collect();
-    finished.len() == job_ids.len()
+/// An 800 px WebP: tens of milliseconds of encoding, so a fault meets jobs mid-way.
+fn medium_webp() -> serde_json::Value {
+    json!([{ "name": "medium", "width": 800, "height": 800, "format": "webp" }])
+}
+
+/// Jobs of a region's worker that are running now, from its own metrics.
+async fn jobs_in_flight(cluster: &Cluster, region: &str) -> f64 {
+    metric_sum(
+        &cluster.worker_metrics(region).await,
+        "locality_worker_jobs_in_flight",
+        &[("region", region)],
+    )
+}
+
+/// Waits until at least `done` results are published and a worker of `regions` is in
+/// the middle of at least one job; returns the results published at that moment.
+async fn mid_run(cluster: &Cluster, regions: &[&str], done: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let published = cluster.results.published().len();
+        let mut in_flight = 0.0;
+        for region in regions {
+            in_flight += jobs_in_flight(cluster, region).await;
+        }
+        if published >= done && in_flight >= 1.0 {
+            return published;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {done} results with a job in flight ({published} results)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_job_runs_in_its_tenants_region_worker_and_store_only() {
+async fn residency_scenario_holds_over_rabbitmq_with_each_job_in_its_regions_worker() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let results = ResultsListener::start(&broker).await;
     let cluster = Cluster::start(&broker, ClusterSpec::default()).await;
 
-    let mut jobs: BTreeMap<String, &str> = BTreeMap::new();
-    for region in REGIONS {
-        let tenant = format!("demo-{region}");
-        for n in 0..3 {
-            let key = format!("photo-{n}.jpg");
-            cluster.upload(&tenant, &key, small_photo()).await;
-            let outputs = json!([
-                { "name": "thumb", "width": 96, "height": 96, "fit": "cover", "format": "jpeg" },
-                { "name": "small", "width": 240, "height": 240, "format": "webp" },
-            ]);
-            let id = cluster
-                .submit(&tenant, &envelope(&tenant, &key, "interactive", outputs))
-                .await;
-            jobs.insert(id, region);
-        }
-    }
+    let jobs = scenarios::residency(&cluster).await;
+
     let ids: BTreeSet<String> = jobs.keys().cloned().collect();
-    let published = results
-        .wait_until("all nine jobs", Duration::from_secs(120), |seen| {
-            succeeded_once(seen, &ids)
+    let published = cluster
+        .results
+        .wait_until("all nine results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
         })
         .await;
-
     for seen in published
         .iter()
         .filter(|s| ids.contains(&s.result.job_id.to_string()))
     {
         let region = jobs[&seen.result.job_id.to_string()];
-        let tenant = format!("demo-{region}");
-        assert_eq!(seen.result.outcome, JobOutcome::Succeeded, "{seen:?}");
         assert_eq!(seen.result.region.as_str(), region);
-        assert_eq!(seen.routing_key, format!("{tenant}.succeeded"));
-        for output in &seen.result.outputs {
-            assert_eq!(output.region.as_str(), region);
-            assert!(output.key.starts_with(&format!("{tenant}/")), "{output:?}");
-        }
+        assert_eq!(seen.routing_key, format!("demo-{region}.succeeded"));
     }
     // Each job was run by its own region's worker process, and by no other.
     for (id, region) in &jobs {
         for (worker_region, worker) in &cluster.workers {
-            let ran_here = log_mentions(&worker.log, &format!("job_id={id}"));
+            let ran_here = log_contains(&worker.log, &format!("job_id={id}"));
             assert_eq!(
                 ran_here,
                 worker_region == region,
@@ -113,18 +113,19 @@ async fn each_job_runs_in_its_tenants_region_worker_and_store_only() {
             );
         }
     }
-    // Every object of every region's bucket belongs to that region's tenant: 3 originals
-    // and 6 outputs each, nothing else anywhere.
-    for region in REGIONS {
-        let keys = cluster.list_bucket(region).await;
-        assert_eq!(keys.len(), 9, "region {region}: {keys:?}");
-        for key in &keys {
-            assert!(
-                key.starts_with(&format!("demo-{region}/")),
-                "{key} in {region}'s store"
-            );
-        }
-    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_mid_run_loses_and_duplicates_no_job_over_rabbitmq() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let mut store = StoppableS3::start("images-eu");
+    let (url, options) = store.settings();
+    let spec = ClusterSpec::regions(&["eu"])
+        .edit(move |config| common::config::set_store(config, "eu", url, options));
+    let cluster = Cluster::start(&broker, spec).await;
+    scenarios::store_outage(&cluster, &mut store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +133,7 @@ async fn a_regions_credentials_reach_only_its_own_vhost() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    // The eu user on its own vhost: allowed, and it can publish there.
+    // The eu user on its own vhost: allowed, and it can declare eu's topology there.
     let own = locality_broker::connect(&broker.url("eu"), "test-isolation")
         .await
         .expect("eu user on the eu vhost");
@@ -140,7 +141,7 @@ async fn a_regions_credentials_reach_only_its_own_vhost() {
     locality_broker::topology::declare_region(&channel, &RegionId::new("eu").unwrap(), 5)
         .await
         .expect("eu user declares eu's topology");
-    let _ = own.close(200, "done").await;
+    let _ = own.close(200, "done".into()).await;
 
     // The eu user on the sg and scheduler vhosts: the broker refuses the connection,
     // so it can neither consume nor publish there.
@@ -158,67 +159,58 @@ async fn a_regions_credentials_reach_only_its_own_vhost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_and_killing_a_worker_mid_run_loses_and_duplicates_nothing() {
+async fn stopping_and_killing_a_worker_mid_job_loses_and_duplicates_nothing() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let results = ResultsListener::start(&broker).await;
-    let mut cluster = Cluster::start(
-        &broker,
-        ClusterSpec {
-            regions: vec!["eu"],
-            ..ClusterSpec::default()
-        },
-    )
-    .await;
+    let mut cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
 
     const JOBS: usize = 200;
-    let ids = batch_of_thumbnails(&cluster, "demo-eu", "batch", 0..JOBS).await;
+    let ids = batch_of_jobs(&cluster, "demo-eu", "batch", 0..JOBS, medium_webp()).await;
 
-    // SIGTERM: the worker stops taking work, finishes what it runs, acks, exits 0.
-    results
-        .wait_until("40 results", Duration::from_secs(120), |seen| {
-            seen.len() >= 40
-        })
-        .await;
+    // SIGTERM while jobs run: the worker stops taking work, finishes what it runs,
+    // acks, exits 0.
+    let at_term = mid_run(&cluster, &["eu"], 40).await;
     let worker = cluster.workers.get_mut("eu").unwrap();
     let code = worker.terminate(Duration::from_secs(60));
     assert_eq!(code, Some(0), "worker log:\n{}", worker.log_text());
+    assert!(
+        at_term < JOBS,
+        "SIGTERM came after the run ({at_term} results)"
+    );
     cluster.start_worker("eu").await;
 
-    // SIGKILL: no drain at all; unacked jobs go back to the queue.
-    results
-        .wait_until("100 results", Duration::from_secs(120), |seen| {
-            seen.len() >= 100
-        })
-        .await;
-    let killed_at = results.published().len();
+    // SIGKILL while jobs run: no drain at all; unacked jobs go back to the queue.
+    let at_kill = mid_run(&cluster, &["eu"], 100).await;
     cluster.workers.get_mut("eu").unwrap().kill_now();
+    assert!(
+        at_kill < JOBS,
+        "SIGKILL came after the run ({at_kill} results)"
+    );
     cluster.start_worker("eu").await;
 
-    let published = results
+    cluster
+        .results
         .wait_until("all 200 jobs", Duration::from_secs(300), |seen| {
-            succeeded_once(seen, &ids)
+            all_reported(seen, &ids)
         })
         .await;
     // Let any late duplicate arrive before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let published = results.published().len().max(published.len());
-    let all = results.published();
-    let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
-    for seen in &all {
-        assert_eq!(seen.result.outcome, JobOutcome::Succeeded, "{seen:?}");
-        *per_job.entry(seen.result.job_id.to_string()).or_default() += 1;
-    }
-    assert_eq!(per_job.len(), JOBS, "killed after {killed_at} results");
+    let all = cluster.results.published();
+    assert!(all
+        .iter()
+        .all(|seen| seen.result.outcome == JobOutcome::Succeeded));
+    let per_job = cluster.results.count_per_job(&ids);
+    assert_eq!(per_job.len(), JOBS, "killed after {at_kill} results");
     assert!(
         per_job.values().all(|count| *count == 1),
         "some jobs were reported twice: {:?}",
         per_job.iter().filter(|(_, c)| **c > 1).collect::<Vec<_>>()
     );
-    assert_eq!(published, JOBS);
+    assert_eq!(all.len(), JOBS);
     // One original and one output per job: redelivered jobs overwrote, never duplicated.
-    let keys = cluster.list_bucket("eu").await;
+    let keys = cluster.objects("eu").await;
     assert_eq!(keys.len(), 2 * JOBS, "objects in eu's store");
     assert_eq!(
         keys.iter().filter(|k| k.contains("/outputs/")).count(),
@@ -231,26 +223,15 @@ async fn restarting_the_broker_mid_run_loses_no_job() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let results = ResultsListener::start(&broker).await;
-    let cluster = Cluster::start(
-        &broker,
-        ClusterSpec {
-            regions: vec!["eu", "sg"],
-            ..ClusterSpec::default()
-        },
-    )
-    .await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu", "sg"])).await;
 
     let mut ids = BTreeSet::new();
     for tenant in ["demo-eu", "demo-sg"] {
-        ids.extend(batch_of_thumbnails(&cluster, tenant, "restart", 0..30).await);
+        ids.extend(batch_of_jobs(&cluster, tenant, "restart", 0..30, medium_webp()).await);
     }
-    results
-        .wait_until("10 results", Duration::from_secs(120), |seen| {
-            seen.len() >= 10
-        })
-        .await;
+    let at_stop = mid_run(&cluster, &["eu", "sg"], 10).await;
     broker.ctl("stop_app");
+    assert!(at_stop < ids.len(), "the broker stopped after the run");
     // While the broker is gone the scheduler says it is not ready.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -272,53 +253,20 @@ async fn restarting_the_broker_mid_run_loses_no_job() {
     cluster.wait_ready().await;
 
     // Jobs submitted after the restart go through too.
-    ids.extend(batch_of_thumbnails(&cluster, "demo-eu", "restart", 30..40).await);
-    let published = results
+    ids.extend(batch_of_jobs(&cluster, "demo-eu", "restart", 30..40, thumb()).await);
+    let published = cluster
+        .results
         .wait_until(
             "every job across the restart",
             Duration::from_secs(300),
-            |seen| succeeded_once(seen, &ids),
+            |seen| all_reported(seen, &ids),
         )
         .await;
     assert!(published
         .iter()
         .all(|seen| seen.result.outcome == JobOutcome::Succeeded));
-    assert_eq!(cluster.list_bucket("eu").await.len(), 2 * 40);
-    assert_eq!(cluster.list_bucket("sg").await.len(), 2 * 30);
-}
-
-/// Publishes raw bytes as a job message on a region's vhost, as a broken or hostile
-/// publisher with that region's credentials could.
-async fn publish_raw(
-    url: &str,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) {
-    let connection = locality_broker::connect(url, "test-poison").await.unwrap();
-    let channel = locality_broker::confirm_channel(&connection).await.unwrap();
-    channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done").await;
-}
-
-fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (name, value) in pairs {
-        table.insert((*name).into(), value.clone());
-    }
-    table
+    assert_eq!(cluster.objects("eu").await.len(), 2 * 40);
+    assert_eq!(cluster.objects("sg").await.len(), 2 * 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,32 +274,21 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let results = ResultsListener::start(&broker).await;
-    // eu's store is an endpoint where nothing listens: every delivery of a job fails
-    // transiently, so it is redelivered until the delivery limit.
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut stores = BTreeMap::new();
-    stores.insert(
-        "eu",
-        format!(
-            "store = \"s3://nowhere\"\nstore_options = {{ endpoint = \"http://127.0.0.1:{dead_port}\", \
-             region = \"us-east-1\", access_key_id = \"k\", secret_access_key = \"s\", allow_http = \"true\" }}"
-        ),
-    );
-    let cluster = Cluster::start(
-        &broker,
-        ClusterSpec {
-            regions: vec!["eu"],
-            limits: vec!["delivery_limit = 3".into(), "store_attempts = 1".into()],
-            stores,
-            ..ClusterSpec::default()
-        },
-    )
-    .await;
+    // eu's store is an endpoint where nothing listens: every attempt of a job fails
+    // transiently, so it is retried until the delivery limit.
+    let dead_port = common::process::free_port();
+    let spec = ClusterSpec::regions(&["eu"]).edit(move |config| {
+        let eu = config
+            .regions
+            .get_mut(&common::config::region("eu"))
+            .unwrap();
+        eu.store = Some("s3://nowhere".into());
+        eu.store_options =
+            common::config::s3_options(&format!("http://127.0.0.1:{dead_port}"), "k");
+        config.limits.delivery_limit = 3;
+        config.limits.store_attempts = 1;
+    });
+    let mut cluster = Cluster::start(&broker, spec).await;
     let eu = RegionId::new("eu").unwrap();
     let json_with = |schema: u32| {
         BasicProperties::default()
@@ -383,7 +320,8 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         json_with(2),
     )
     .await;
-    let malformed = results
+    let malformed = cluster
+        .results
         .wait_until(
             "two malformed-message results",
             Duration::from_secs(60),
@@ -393,7 +331,7 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
                         s.result
                             .error
                             .as_ref()
-                            .is_some_and(|e| e.code == "malformed_message")
+                            .is_some_and(|e| e.code.as_str() == "malformed_message")
                     })
                     .count()
                     >= 2
@@ -403,18 +341,20 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
     for seen in malformed.iter().filter(|s| s.result.error.is_some()) {
         assert_eq!(seen.result.outcome, JobOutcome::Failed);
         assert_eq!(seen.routing_key, "demo-eu.failed");
+        assert!(seen.result.dead_lettered, "{seen:?}");
     }
 
-    // 3. A job that fails on every delivery: dead-lettered after the limit of 3.
+    // 3. A job that fails on every attempt: dead-lettered after the limit of 3.
     let job_id = cluster
-        .submit(
+        .submit_retrying(
             "demo-eu",
             &envelope("demo-eu", "missing.jpg", "interactive", thumb()),
         )
         .await;
-    let published = results
+    let published = cluster
+        .results
         .wait_until(
-            "the failed result of the redelivered job",
+            "the failed result of the retried job",
             Duration::from_secs(120),
             |seen| seen.iter().any(|s| s.result.job_id.to_string() == job_id),
         )
@@ -424,8 +364,9 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         .find(|s| s.result.job_id.to_string() == job_id)
         .unwrap();
     assert_eq!(seen.result.outcome, JobOutcome::Failed);
+    assert!(seen.result.dead_lettered);
     let error = seen.result.error.as_ref().unwrap();
-    assert_eq!(error.code, "store_unavailable", "{error:?}");
+    assert_eq!(error.code.as_str(), "store_unavailable", "{error:?}");
     assert!(error.message.contains("after 3 deliveries"), "{error:?}");
     assert_eq!(
         broker.queue_length("eu", &dead_letter_queue(&eu)).await,
@@ -433,12 +374,15 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         "two malformed messages and the job over its delivery limit"
     );
     let worker_log = cluster.workers["eu"].log_text();
-    assert!(worker_log.contains("attempt=2"), "the job was redelivered");
+    assert!(worker_log.contains("attempt=2"), "the job was retried");
+    assert!(
+        worker_log.contains("attempt=3"),
+        "the job was retried twice"
+    );
     // Poison hurt nobody: the worker process is still running.
-    let mut cluster = cluster;
     let worker = cluster.workers.get_mut("eu").unwrap();
     assert!(
-        worker.child.try_wait().unwrap().is_none(),
+        worker.is_running(),
         "the worker exited:\n{}",
         worker.log_text()
     );
@@ -459,23 +403,19 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         submit,
     )
     .await;
-    let published = results
+    let is_broken = |s: &Seen| s.correlation_id.as_deref() == Some("my-broken-submission");
+    let published = cluster
+        .results
         .wait_until(
             "the failed result of the broken submission",
             Duration::from_secs(60),
-            |seen| {
-                seen.iter()
-                    .any(|s| s.correlation_id.as_deref() == Some("my-broken-submission"))
-            },
+            |seen| seen.iter().any(is_broken),
         )
         .await;
-    let seen = published
-        .iter()
-        .find(|s| s.correlation_id.as_deref() == Some("my-broken-submission"))
-        .unwrap();
+    let seen = published.iter().find(|s| is_broken(s)).unwrap();
     assert_eq!(seen.result.outcome, JobOutcome::Failed);
     assert_eq!(
-        seen.result.error.as_ref().unwrap().code,
+        seen.result.error.as_ref().unwrap().code.as_str(),
         "malformed_message"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -497,15 +437,7 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let results = ResultsListener::start(&broker).await;
-    let cluster = Cluster::start(
-        &broker,
-        ClusterSpec {
-            regions: vec!["eu"],
-            ..ClusterSpec::default()
-        },
-    )
-    .await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
     cluster
         .upload("demo-eu", "backlog.jpg", small_photo())
         .await;
@@ -520,7 +452,7 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
         BasicProperties::default()
             .with_content_type(CONTENT_TYPE.into())
             .with_delivery_mode(2)
-            .with_message_id(id.into())
+            .with_message_id(id.as_str().into())
             .with_headers(headers(&[(
                 AUTHORIZATION_HEADER,
                 AMQPValue::LongString(format!("Bearer {}", api_key("demo-eu")).into()),
@@ -542,8 +474,8 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
         let body = body.to_string();
         let confirm = channel
             .basic_publish(
-                SUBMIT_EXCHANGE,
-                "demo-eu",
+                SUBMIT_EXCHANGE.into(),
+                "demo-eu".into(),
                 BasicPublishOptions::default(),
                 body.as_bytes(),
                 properties(id),
@@ -555,14 +487,15 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
     for confirm in confirms {
         assert!(confirm.await.unwrap().is_ack());
     }
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
 
-    let is_urgent = |s: &common::cluster::Seen| {
+    let is_urgent = |s: &Seen| {
         s.correlation_id
             .as_deref()
             .is_some_and(|c| c.starts_with("urgent-"))
     };
-    let published = results
+    let published = cluster
+        .results
         .wait_until(
             "the 20 interactive jobs",
             Duration::from_secs(300),
@@ -582,7 +515,8 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
     );
     eprintln!("interactive jobs all done after {batch_done} of 500 batch jobs");
     // And the backlog itself still completes.
-    results
+    cluster
+        .results
         .wait_until("the whole backlog", Duration::from_secs(600), |seen| {
             seen.len() == 520
         })
@@ -594,14 +528,7 @@ async fn the_python_example_submits_over_amqp_and_gets_its_result() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let cluster = Cluster::start(
-        &broker,
-        ClusterSpec {
-            regions: vec!["eu"],
-            ..ClusterSpec::default()
-        },
-    )
-    .await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
     let python = std::env::var("LOCALITY_TEST_PYTHON").expect(
         "LOCALITY_TEST_PYTHON is not set: it names a Python with pika, set up by scripts/test.sh",
     );
@@ -633,140 +560,68 @@ async fn the_python_example_submits_over_amqp_and_gets_its_result() {
     assert_eq!(result["outcome"], "succeeded", "{result}");
     assert_eq!(result["tenant"], "demo-eu");
     assert_eq!(result["region"], "eu");
-    let keys = cluster.list_bucket("eu").await;
+    let keys = cluster.objects("eu").await;
     for output in result["outputs"].as_array().unwrap() {
         assert!(keys.contains(&output["key"].as_str().unwrap().to_string()));
     }
-    let (endpoint, bucket) = &cluster.buckets["sg"];
-    assert!(list_s3(endpoint, bucket).await.is_empty());
-}
-
-/// An s3s-fs server (persists to disk, checks credentials) that the test can stop and
-/// start again on the same port and directory.
-struct StoppableS3 {
-    root: tempfile::TempDir,
-    port: u16,
-    process: Option<std::process::Child>,
-}
-
-impl StoppableS3 {
-    fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("images-eu")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            root,
-            port,
-            process: None,
-        };
-        server.resume();
-        server
-    }
-
-    fn resume(&mut self) {
-        let binary = std::env::var("LOCALITY_TEST_S3S_FS").expect(
-            "LOCALITY_TEST_S3S_FS is not set: it names the s3s-fs binary that scripts/test.sh installs",
-        );
-        let child = std::process::Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", "key-eu", "--secret-key", "secret-eu"])
-            .arg(self.root.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        self.process = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn store_lines(&self) -> String {
-        format!(
-            "store = \"s3://images-eu\"\nstore_options = {{ endpoint = \"http://127.0.0.1:{}\", \
-             region = \"us-east-1\", access_key_id = \"key-eu\", secret_access_key = \"secret-eu\", \
-             allow_http = \"true\" }}",
-            self.port
-        )
-    }
-
-    fn files(&self) -> Vec<String> {
-        common::files_under(&self.root.path().join("images-eu"))
-    }
-}
-
-impl Drop for StoppableS3 {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    assert!(cluster.objects("sg").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_the_s3_server_mid_run_loses_no_job() {
+async fn a_workers_metrics_are_its_own_not_the_schedulers() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let results = ResultsListener::start(&broker).await;
-    let mut s3 = StoppableS3::start();
-    let mut stores = BTreeMap::new();
-    stores.insert("eu", s3.store_lines());
-    let cluster = Cluster::start(
-        &broker,
-        ClusterSpec {
-            regions: vec!["eu"],
-            stores,
-            ..ClusterSpec::default()
-        },
-    )
-    .await;
-
-    const JOBS: usize = 60;
-    let ids = batch_of_thumbnails(&cluster, "demo-eu", "outage", 0..JOBS).await;
-    results
-        .wait_until("5 results", Duration::from_secs(120), |seen| {
-            seen.len() >= 5
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    let ids = batch_of_jobs(&cluster, "demo-eu", "metrics", 0..3, thumb()).await;
+    cluster
+        .results
+        .wait_until("three results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
         })
         .await;
-    s3.stop();
-    let done_before = results.published().len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    s3.resume();
 
-    let published = results
-        .wait_until(
-            "every job across the S3 outage",
-            Duration::from_secs(300),
-            |seen| succeeded_once(seen, &ids),
-        )
-        .await;
-    assert!(
-        done_before < JOBS,
-        "the outage must fall inside the run ({done_before} of {JOBS} done before it)"
+    let worker = cluster.worker_metrics("eu").await;
+    let succeeded = metric_sum(
+        &worker,
+        "locality_worker_jobs_total",
+        &[("region", "eu"), ("outcome", "succeeded")],
     );
-    assert!(published
-        .iter()
-        .all(|seen| seen.result.outcome == JobOutcome::Succeeded));
-    assert!(
-        log_mentions(&cluster.workers["eu"].log, "transient store error"),
-        "the worker never saw the outage"
+    assert_eq!(succeeded, 3.0, "{worker}");
+    for stage in ["fetch", "decode", "resize", "encode", "store"] {
+        let observed = metric_sum(
+            &worker,
+            "locality_worker_stage_duration_seconds_count",
+            &[("region", "eu"), ("stage", stage)],
+        );
+        assert_eq!(observed, 3.0, "stage {stage}: {worker}");
+    }
+    for scheduler_only in [
+        "locality_jobs_submitted_total",
+        "locality_requests_refused_total",
+        "locality_queue_depth",
+    ] {
+        assert!(
+            !worker.contains(scheduler_only),
+            "the worker shows {scheduler_only}"
+        );
+    }
+    let scheduler: String = cluster
+        .http
+        .get(format!("{}/metrics", cluster.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_sum(
+            &scheduler,
+            "locality_jobs_submitted_total",
+            &[("region", "eu")]
+        ),
+        3.0
     );
-    let outputs = s3
-        .files()
-        .into_iter()
-        .filter(|f| f.contains("/outputs/") && !f.contains(".s3s"))
-        .count();
-    assert_eq!(outputs, JOBS, "files: {:?}", s3.files());
+    assert!(!scheduler.contains("locality_worker_"), "{scheduler}");
 }

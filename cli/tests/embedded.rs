@@ -1,10 +1,13 @@
-//! End to end through `locality up`: residency, refusals, outputs, bad input.
+//! End to end through `locality up`: residency, refusals, outputs, bad input, and
+//! the scenarios shared with the distributed mode (`common::scenarios`).
 
 mod common;
 
 use std::io::Cursor;
 
-use common::{files_under, fixture, Embedded, REGIONS};
+use common::embedded::Embedded;
+use common::s3::StoppableS3;
+use common::{files_under, fixture, scenarios, REGIONS};
 use image::GenericImageView;
 use serde_json::{json, Value};
 
@@ -393,4 +396,72 @@ async fn resubmitting_with_an_idempotency_key_returns_the_first_job() {
         .as_str()
         .unwrap()
         .starts_with("demo-sg/subjects/u1/assets/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn residency_scenario_holds_on_the_embedded_default() {
+    let embedded = Embedded::start();
+    scenarios::residency(&embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_mid_run_loses_and_duplicates_no_job_on_the_embedded_default() {
+    let mut store = StoppableS3::start("images-eu");
+    let mut config = common::config::example();
+    store.apply(&mut config, "eu");
+    let embedded = Embedded::start_with(config);
+    scenarios::store_outage(&embedded, &mut store).await;
+}
+
+/// The in-process queue has the broker's semantics: a job failing transiently (its
+/// region's store is unreachable) is retried up to `limits.delivery_limit` attempts,
+/// then dead-lettered with a failed result, visible in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_then_dead_lettered_on_the_embedded_default() {
+    let mut config = common::config::example();
+    let dead_port = common::process::free_port();
+    let options = common::config::s3_options(&format!("http://127.0.0.1:{dead_port}"), "k");
+    common::config::set_store(&mut config, "eu", "s3://nowhere".into(), options);
+    config.limits.delivery_limit = 3;
+    config.limits.store_attempts = 1;
+    let embedded = Embedded::start_with(config);
+    let outputs = json!([{"name": "t", "width": 64, "height": 64, "format": "jpeg"}]);
+    let response = embedded
+        .submit(
+            "demo-eu",
+            &json!({"v": 1, "tenant": "demo-eu", "source": {"key": "a.jpg"}, "outputs": outputs}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap();
+    let record = embedded.wait_for("demo-eu", job_id).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["code"], "store_unavailable", "{record}");
+    assert_eq!(record["dead_lettered"], true, "{record}");
+    assert!(
+        record["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 deliveries"),
+        "{record}"
+    );
+    let log = embedded.process.log_text();
+    for attempt in 1..=3 {
+        assert!(
+            log.contains(&format!("job_id={job_id}"))
+                && log.contains(&format!("attempt={attempt}")),
+            "attempt {attempt} is not in the log"
+        );
+    }
+    // Another region is not affected.
+    let good = embedded
+        .run_job(
+            "demo-ca",
+            "photos/recurser_Portrait_8.jpg",
+            "ok.jpg",
+            json!([{"name": "t", "width": 64, "height": 64, "format": "jpeg"}]),
+        )
+        .await;
+    assert_eq!(good["status"], "succeeded", "{good}");
 }

@@ -5,27 +5,26 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{config_with_s3_stores, create_bucket, files_under, s3_endpoints, Embedded};
-use locality_proto::{Config, RegionId};
+use common::config::{example, region, s3_options};
+use common::embedded::Embedded;
+use common::s3::{create_bucket, list_s3, Buckets};
+use common::{files_under, peak_rss};
+use locality_proto::{Config, RegionId, TenantStore};
 use locality_worker::{RegionStore, StoreError};
 use serde_json::json;
 
-async fn s3_buckets() -> Vec<(String, String, String)> {
-    let mut buckets = Vec::new();
-    for (region, endpoint) in s3_endpoints() {
-        let bucket = create_bucket(&endpoint, &region).await;
-        buckets.push((region, endpoint, bucket));
-    }
-    buckets
+/// The example config with each region on its own S3 endpoint and a fresh bucket.
+async fn config_on_s3() -> (Config, Buckets) {
+    let buckets = Buckets::fresh().await;
+    let mut config = example();
+    buckets.apply(&mut config);
+    (config, buckets)
 }
 
 #[tokio::test]
 async fn outputs_land_only_in_the_tenants_region_bucket() {
-    let buckets = s3_buckets().await;
-    let config_text = config_with_s3_stores(&buckets);
-    let config_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config_file.path(), &config_text).unwrap();
-    let embedded = Embedded::start_with_config(Some(config_file.path()));
+    let (config, buckets) = config_on_s3().await;
+    let embedded = Embedded::start_with(config.clone());
 
     let outputs = json!([
         {"name": "large", "width": 800, "height": 800, "format": "jpeg"},
@@ -51,10 +50,8 @@ async fn outputs_land_only_in_the_tenants_region_bucket() {
         }
     }
 
-    let config = Config::from_toml_str(&config_text).unwrap();
-    for (region, _, bucket) in &buckets {
-        let region_id = RegionId::new(region.clone()).unwrap();
-        let store = RegionStore::open(&config, &region_id, None, None).unwrap();
+    for id in common::REGIONS {
+        let store = RegionStore::open(&config, &region(id), None, None).unwrap();
         let keys: Vec<String> = store
             .list("")
             .await
@@ -64,14 +61,15 @@ async fn outputs_land_only_in_the_tenants_region_bucket() {
             .collect();
         for key in &keys {
             assert!(
-                key.starts_with(&format!("demo-{region}/")),
-                "{key} found in bucket {bucket} of region {region}"
+                key.starts_with(&format!("demo-{id}/")),
+                "{key} found in bucket {} of region {id}",
+                buckets.bucket(id)
             );
         }
-        for key in &expected[region] {
+        for key in &expected[id] {
             assert!(
                 keys.contains(key),
-                "{key} missing from region {region}: {keys:?}"
+                "{key} missing from region {id}: {keys:?}"
             );
         }
         // The original is in the same bucket as its outputs.
@@ -79,21 +77,18 @@ async fn outputs_land_only_in_the_tenants_region_bucket() {
             keys.iter().any(|k| k.contains("/original/s3/photo.jpg")),
             "{keys:?}"
         );
-    }
-    for region in common::REGIONS {
         assert!(
-            files_under(&embedded.region_dir(region)).is_empty(),
-            "local files written for {region}"
+            files_under(&embedded.region_dir(id)).is_empty(),
+            "local files written for {id}"
         );
     }
 }
 
 #[tokio::test]
 async fn a_worker_refuses_a_store_declared_for_another_region() {
-    let buckets = s3_buckets().await;
-    let config = Config::from_toml_str(&config_with_s3_stores(&buckets)).unwrap();
-    let eu = RegionId::new("eu").unwrap();
-    let singapore_store = config.regions[&RegionId::new("sg").unwrap()].clone();
+    let (config, _buckets) = config_on_s3().await;
+    let eu = region("eu");
+    let singapore_store = config.regions[&region("sg")].clone();
     match RegionStore::open(&config, &eu, Some(&singapore_store), None) {
         Err(err @ StoreError::ForeignStore { .. }) => {
             let message = err.to_string();
@@ -110,21 +105,12 @@ async fn a_worker_refuses_a_store_declared_for_another_region() {
 
 #[tokio::test]
 async fn large_objects_round_trip_through_multipart_upload() {
-    let (region, endpoint, bucket) = s3_buckets().await.remove(0);
-    let options: BTreeMap<String, String> = [
-        ("endpoint", endpoint.as_str()),
-        ("region", "us-east-1"),
-        ("access_key_id", "key"),
-        ("secret_access_key", "secret"),
-        ("allow_http", "true"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let (region_id, endpoint) = common::s3::s3_endpoints().remove(0);
+    let bucket = create_bucket(&endpoint, &region_id).await;
     let store = RegionStore::from_url(
-        RegionId::new(region).unwrap(),
+        RegionId::new(region_id).unwrap(),
         &format!("s3://{bucket}"),
-        &options,
+        &s3_options(&endpoint, "key"),
     )
     .unwrap();
     let payload: Vec<u8> = (0..40 * 1024 * 1024u32)
@@ -151,11 +137,9 @@ async fn large_objects_round_trip_through_multipart_upload() {
 #[test]
 fn the_worker_process_refuses_to_start_on_another_regions_store() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let buckets = runtime.block_on(s3_buckets());
+    let (config, buckets) = runtime.block_on(config_on_s3());
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("locality.toml");
-    std::fs::write(&config_path, config_with_s3_stores(&buckets)).unwrap();
-    let (_, sg_endpoint, sg_bucket) = buckets.iter().find(|(r, _, _)| r == "sg").unwrap();
+    let config_path = common::config::write(&config, dir.path());
     let worker = || {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_locality"));
         command
@@ -168,10 +152,13 @@ fn the_worker_process_refuses_to_start_on_another_regions_store() {
 
     let output = run_briefly(
         worker()
-            .env("LOCALITY__REGIONS__EU__STORE", format!("s3://{sg_bucket}"))
+            .env(
+                "LOCALITY__REGIONS__EU__STORE",
+                format!("s3://{}", buckets.bucket("sg")),
+            )
             .env(
                 "LOCALITY__REGIONS__EU__STORE_OPTIONS__ENDPOINT",
-                sg_endpoint,
+                buckets.endpoint("sg"),
             ),
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -184,15 +171,14 @@ fn the_worker_process_refuses_to_start_on_another_regions_store() {
     );
 
     // A file store declared for sg, given to the eu worker on the command line.
-    let sg_dir = dir.path().join("sg-store");
-    let mut config = config_with_s3_stores(&buckets);
-    let sg_url = url::Url::from_directory_path(&sg_dir).unwrap().to_string();
-    config = config.replacen(
-        &format!("store = \"s3://{sg_bucket}\""),
-        &format!("store = \"{sg_url}\""),
-        1,
-    );
-    std::fs::write(&config_path, config).unwrap();
+    let sg_url = url::Url::from_directory_path(dir.path().join("sg-store"))
+        .unwrap()
+        .to_string();
+    let mut config = config;
+    let sg = config.regions.get_mut(&region("sg")).unwrap();
+    sg.store = Some(sg_url.clone());
+    sg.store_options.clear();
+    common::config::write(&config, dir.path());
     let output = run_briefly(worker().args(["--store", &sg_url]));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "started on sg's store: {stderr}");
@@ -225,21 +211,6 @@ fn run_briefly(command: &mut std::process::Command) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-/// Peak resident memory of a process so far (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/PID/status");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 /// A JPEG of about 50 MB: 3500×3500 noise at quality 100.
 fn fifty_megabyte_jpeg() -> Vec<u8> {
     let (width, height) = (3500u32, 3500u32);
@@ -264,19 +235,20 @@ fn fifty_megabyte_jpeg() -> Vec<u8> {
 /// decodes at 1/8 scale for this output, so the decoded pixels are small.)
 #[tokio::test]
 async fn a_fifty_megabyte_source_is_held_in_memory_once() {
-    let buckets = s3_buckets().await;
-    let config_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config_file.path(), config_with_s3_stores(&buckets)).unwrap();
-    let embedded = Embedded::start_with_config(Some(config_file.path()));
+    let (config, buckets) = config_on_s3().await;
+    let embedded = Embedded::start_with(config);
     let jpeg = fifty_megabyte_jpeg();
     let source_bytes = jpeg.len() as u64;
     assert!(source_bytes > 45_000_000, "source is {source_bytes} bytes");
 
     // Put the original straight into eu's bucket, so the upload is not in the measure.
-    let (_, endpoint, bucket) = buckets.iter().find(|(r, _, _)| r == "eu").unwrap();
     let key = "demo-eu/subjects/_/assets/big/original/big.jpg";
     let response = reqwest::Client::new()
-        .put(format!("{endpoint}/{bucket}/{key}"))
+        .put(format!(
+            "{}/{}/{key}",
+            buckets.endpoint("eu"),
+            buckets.bucket("eu")
+        ))
         .body(jpeg)
         .send()
         .await
@@ -315,21 +287,17 @@ async fn a_fifty_megabyte_source_is_held_in_memory_once() {
 /// demo-eu's; other tenants are unaffected.
 #[tokio::test]
 async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
-    let buckets = s3_buckets().await;
-    let (_, eu_endpoint, eu_bucket) = buckets.iter().find(|(r, _, _)| r == "eu").unwrap();
-    let own_bucket = create_bucket(eu_endpoint, "acme").await;
-    let config = config_with_s3_stores(&buckets).replacen(
-        "[tenants.demo-eu.presets.gallery]",
-        &format!(
-            "[tenants.demo-eu.stores.eu]\nstore = \"s3://{own_bucket}\"\nstore_options = {{ endpoint = \"{eu_endpoint}\", \
-             region = \"us-east-1\", access_key_id = \"demo-eu-own\", secret_access_key = \"demo-eu-own-secret\", \
-             allow_http = \"true\" }}\n\n[tenants.demo-eu.presets.gallery]"
-        ),
-        1,
+    let (mut config, buckets) = config_on_s3().await;
+    let own_bucket = create_bucket(buckets.endpoint("eu"), "acme").await;
+    let demo_eu = locality_proto::TenantId::new("demo-eu").unwrap();
+    config.tenants.get_mut(&demo_eu).unwrap().stores.insert(
+        region("eu"),
+        TenantStore {
+            store: format!("s3://{own_bucket}"),
+            store_options: s3_options(buckets.endpoint("eu"), "demo-eu-own"),
+        },
     );
-    let config_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config_file.path(), &config).unwrap();
-    let embedded = Embedded::start_with_config(Some(config_file.path()));
+    let embedded = Embedded::start_with(config);
     let outputs = json!([{"name": "thumb", "width": 120, "height": 120, "format": "webp"}]);
     for tenant in ["demo-eu", "demo-ca"] {
         let record = embedded
@@ -343,15 +311,11 @@ async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
         assert_eq!(record["status"], "succeeded", "{record}");
     }
 
-    let own = common::cluster::list_s3(eu_endpoint, &own_bucket).await;
+    let own = list_s3(buckets.endpoint("eu"), &own_bucket).await;
     assert_eq!(own.len(), 2, "original and output of demo-eu: {own:?}");
     assert!(own.iter().all(|k| k.starts_with("demo-eu/")), "{own:?}");
     assert!(own.iter().any(|k| k.ends_with("/outputs/thumb.webp")));
-    let region_bucket = common::cluster::list_s3(eu_endpoint, eu_bucket).await;
+    let region_bucket = buckets.list("eu").await;
     assert!(region_bucket.is_empty(), "{region_bucket:?}");
-    let (_, ca_endpoint, ca_bucket) = buckets.iter().find(|(r, _, _)| r == "ca").unwrap();
-    assert_eq!(
-        common::cluster::list_s3(ca_endpoint, ca_bucket).await.len(),
-        2
-    );
+    assert_eq!(buckets.list("ca").await.len(), 2);
 }

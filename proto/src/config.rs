@@ -5,67 +5,12 @@
 //! home region where its jobs run unless a source names another allowed region.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::OutputSpec;
-use crate::validate::check_output;
-
-/// Identifier of a region, such as `eu`: lowercase letters, digits and `-`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RegionId(String);
-
-/// Identifier of a tenant, such as `demo-eu`: lowercase letters, digits and `-`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TenantId(String);
-
-fn check_identifier(kind: &str, value: &str, max_len: usize) -> Result<(), String> {
-    let ok_chars = value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if value.is_empty() || value.len() > max_len || !ok_chars || value.starts_with('-') {
-        return Err(format!(
-            "{kind} id {value:?} must be 1 to {max_len} characters of a-z, 0-9 and '-', not starting with '-'"
-        ));
-    }
-    Ok(())
-}
-
-macro_rules! identifier {
-    ($type:ident, $kind:literal, $max:literal) => {
-        impl $type {
-            pub fn new(value: impl Into<String>) -> Result<Self, String> {
-                let value = value.into();
-                check_identifier($kind, &value, $max)?;
-                Ok(Self(value))
-            }
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-        impl TryFrom<String> for $type {
-            type Error = String;
-            fn try_from(value: String) -> Result<Self, String> {
-                Self::new(value)
-            }
-        }
-        impl From<$type> for String {
-            fn from(id: $type) -> String {
-                id.0
-            }
-        }
-        impl fmt::Display for $type {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-identifier!(RegionId, "region", 32);
-identifier!(TenantId, "tenant", 63);
+pub use crate::ids::{RegionId, TenantId};
+pub use crate::limits::Limits;
 
 /// The whole configuration file. Unknown fields are errors so typos fail loudly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,44 +155,6 @@ pub struct Preset {
     pub outputs: Vec<OutputSpec>,
 }
 
-/// Limits that protect workers from hostile input. Checked from headers before decoding.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Largest source image, in pixels, that a worker will decode.
-    pub max_source_pixels: u64,
-    /// Largest width or height of a source image.
-    pub max_source_side: u32,
-    /// Largest source file in bytes.
-    pub max_source_bytes: u64,
-    /// Largest width or height of one output.
-    pub max_output_side: u32,
-    /// Most outputs one job may ask for.
-    pub max_outputs_per_job: usize,
-    /// Decoded pixels a worker holds in flight at once, across all its jobs.
-    pub worker_pixel_budget: u64,
-    /// Deliveries of one job message before it is dead-lettered with a failed result
-    /// (a message that keeps failing transiently, or keeps crashing its worker).
-    pub delivery_limit: u32,
-    /// Attempts of one store operation on transient errors (backoff 0.1 s doubling).
-    pub store_attempts: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_source_pixels: 200_000_000,
-            max_source_side: 65_000,
-            max_source_bytes: 256 * 1024 * 1024,
-            max_output_side: 8192,
-            max_outputs_per_job: 16,
-            worker_pixel_budget: 120_000_000,
-            delivery_limit: 5,
-            store_attempts: 7,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -371,7 +278,7 @@ impl Config {
                     return Err(invalid(field(&format!("presets.{name}")), "has no outputs"));
                 }
                 for (index, output) in preset.outputs.iter().enumerate() {
-                    check_output(output, &self.limits).map_err(|(sub, reason)| {
+                    output.check(&self.limits).map_err(|(sub, reason)| {
                         invalid(
                             field(&format!("presets.{name}.outputs[{index}].{sub}")),
                             reason,

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RegionId, TenantId};
+use crate::ids::{check_name, RegionId, TenantId};
+use crate::limits::Limits;
 
 /// Version of the envelope and message schema; bumped on incompatible change.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -63,6 +64,33 @@ pub struct OutputSpec {
     /// Allow the output to be larger than the source. Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upscale: bool,
+}
+
+impl OutputSpec {
+    /// Checks the spec against the limits; on error returns (sub-field, reason).
+    pub fn check(&self, limits: &Limits) -> Result<(), (&'static str, String)> {
+        check_name(&self.name).map_err(|reason| ("name", reason))?;
+        for (field, value) in [("width", self.width), ("height", self.height)] {
+            if value == 0 {
+                return Err((field, "must be at least 1".into()));
+            }
+            if value > limits.max_output_side {
+                return Err((
+                    field,
+                    format!(
+                        "{value} is larger than the limit of {}",
+                        limits.max_output_side
+                    ),
+                ));
+            }
+        }
+        if let Some(quality) = self.quality {
+            if !(1..=100).contains(&quality) {
+                return Err(("quality", format!("{quality} is outside 1..=100")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How the source is fitted into `width` x `height`.

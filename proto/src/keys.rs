@@ -11,11 +11,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::config::TenantId;
 use crate::envelope::ImageFormat;
-
-/// Stands in for the subject of images that are about no one in particular.
-pub const NO_SUBJECT: &str = "_";
+pub use crate::ids::{check_name, TenantId, NO_SUBJECT};
 
 /// Longest source key accepted.
 pub const MAX_KEY_LEN: usize = 512;
@@ -49,23 +46,6 @@ pub fn check_source_key(key: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Checks a subject, asset or output name: `[A-Za-z0-9_-]{1,64}`, not `_` alone.
-pub fn check_name(value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 64
-        && value != NO_SUBJECT
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{value:?} must be 1 to 64 characters of A-Z a-z 0-9 - _ (and not \"_\" alone)"
-        ))
-    }
 }
 
 /// Asset id used when a job names none: stable for one source key.

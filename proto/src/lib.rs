@@ -1,26 +1,34 @@
 //! Locality's shared language, used by the scheduler, the workers and clients.
 //!
 //! Everything here is plain data plus validation: no sockets, files or queues.
-//! - [`envelope`]: the v1 job envelope that upload pipelines submit.
-//! - [`result`]: what a worker reports back about a job.
-//! - [`config`]: regions and tenants, loaded from TOML and validated.
+//! From the bottom up:
+//! - [`ids`], [`limits`], [`error_code`]: checked identifiers, limits and every
+//!   stable error code; they import nothing of proto.
+//! - [`envelope`]: the v1 job envelope that upload pipelines submit, and the job message.
 //! - [`keys`]: where originals and outputs live in a region's object store.
-//! - [`topology`]: names of exchanges and queues.
+//! - [`config`]: regions and tenants, loaded from TOML and validated.
+//! - [`validate`]: envelopes checked against the configuration.
+//! - [`result`]: what a worker reports back about a job.
+//! - [`topology`]: names of exchanges, queues and headers.
 //! - [`privacy`]: API key hashing and client IP pseudonymisation.
 
 pub mod config;
 pub mod envelope;
+pub mod error_code;
+pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod privacy;
 pub mod result;
 pub mod topology;
 pub mod validate;
 
-pub use config::{
-    Config, ConfigError, Limits, RegionConfig, RegionId, TenantConfig, TenantId, TenantStore,
-};
+pub use config::{Config, ConfigError, RegionConfig, TenantConfig, TenantStore};
 pub use envelope::{
     Fit, ImageFormat, JobEnvelope, JobMessage, OutputSpec, Priority, SourceRef, ENVELOPE_VERSION,
 };
+pub use error_code::{ErrorCode, Recovery};
+pub use ids::{RegionId, TenantId};
+pub use limits::Limits;
 pub use result::{JobError, JobEvent, JobOutcome, JobResult, JobStatus, OutputInfo, StageTimings};
 pub use validate::{Refusal, ValidatedJob};

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RegionId, TenantId};
 use crate::envelope::ImageFormat;
+use crate::error_code::ErrorCode;
+use crate::ids::{RegionId, TenantId};
 
 /// Final outcome; also the last part of the result's routing key (`TENANT.OUTCOME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,8 +72,17 @@ pub struct StageTimings {
 /// A stable machine-readable code plus a sentence for people.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +101,10 @@ pub struct JobResult {
     /// The submitter's id of the request, when it gave one (see `JobMessage::correlation_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// The job message was moved to its region's dead-letter queue (unreadable, or
+    /// given up on after `limits.delivery_limit` deliveries).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 impl JobResult {
@@ -113,6 +127,7 @@ impl JobResult {
             error: Some(error),
             timings: StageTimings::default(),
             correlation_id,
+            dead_lettered: false,
         }
     }
 

@@ -5,8 +5,8 @@
 //! A region's credentials reach only its own vhost, so nothing here crosses regions
 //! except control-plane JSON relayed by the scheduler.
 
-use crate::config::RegionId;
 use crate::envelope::Priority;
+use crate::ids::RegionId;
 
 /// Upload pipelines publish v1 envelopes here, on the scheduler's vhost (routing key = tenant).
 pub const SUBMIT_EXCHANGE: &str = "locality.submit";
@@ -31,8 +31,16 @@ pub const SCHEMA_HEADER: &str = "locality-schema";
 pub const TENANT_HEADER: &str = "locality-tenant";
 /// Header an upload pipeline puts on a submission: `Bearer API_KEY`, as over HTTP.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
-/// Set by RabbitMQ's quorum queues on redelivery: earlier deliveries that did not end in an ack.
+/// Which delivery of a job this is (1 = first), counted by Locality itself: a worker
+/// that gives a job back after a transient failure publishes a copy with this raised.
+pub const ATTEMPT_HEADER: &str = "locality-attempt";
+/// Set by RabbitMQ's quorum queues: times the message came back without being settled
+/// (its consumer's channel closed). Locality never requeues a job itself, so this counts
+/// workers that stopped or died holding it, the same way on RabbitMQ 3.10 to 4.x.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Jobs waiting out their backoff before another attempt, on each region's vhost
+/// (direct, routing key = priority); they expire back into [`JOBS_EXCHANGE`].
+pub const RETRY_EXCHANGE: &str = "locality.retry";
 
 /// Queue holding a region's jobs of one priority; lives on the region's own vhost.
 pub fn jobs_queue(region: &RegionId, priority: Priority) -> String {
@@ -42,6 +50,11 @@ pub fn jobs_queue(region: &RegionId, priority: Priority) -> String {
 /// Queue of a region's job events, read by the scheduler.
 pub fn events_queue(region: &RegionId) -> String {
     format!("locality.events.{region}")
+}
+
+/// Queue where a region's jobs wait out their retry backoff (per-message TTL).
+pub fn retry_queue(region: &RegionId) -> String {
+    format!("locality.retry.{region}")
 }
 
 pub fn dead_letter_queue(region: &RegionId) -> String {

@@ -5,11 +5,13 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use crate::config::{Config, Limits, RegionId, TenantId};
+use crate::config::Config;
 use crate::envelope::{
     JobEnvelope, JobMessage, OutputSpec, Priority, ResolvedOutput, ENVELOPE_VERSION,
 };
-use crate::keys::{check_name, check_source_key, default_asset_id, AssetLocation};
+use crate::error_code::ErrorCode;
+use crate::ids::{check_name, RegionId, TenantId};
+use crate::keys::{check_source_key, default_asset_id, AssetLocation};
 
 /// Why a request was not accepted. Nothing has been written when this is returned.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -49,13 +51,23 @@ fn join(regions: &[RegionId]) -> String {
 
 impl Refusal {
     /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Refusal::UnsupportedVersion { .. } => "unsupported_version",
-            Refusal::UnknownTenant { .. } => "unknown_tenant",
-            Refusal::WrongTenant { .. } => "wrong_tenant",
-            Refusal::RegionNotAllowed { .. } => "region_not_allowed",
-            Refusal::InvalidField { .. } => "invalid_field",
+            Refusal::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            Refusal::UnknownTenant { .. } => ErrorCode::UnknownTenant,
+            Refusal::WrongTenant { .. } => ErrorCode::WrongTenant,
+            Refusal::RegionNotAllowed { .. } => ErrorCode::RegionNotAllowed,
+            Refusal::InvalidField { .. } => ErrorCode::InvalidField,
+        }
+    }
+
+    /// Whether the message itself could not be read (not JSON, not an envelope, an
+    /// unknown version), as opposed to a readable envelope that was refused.
+    pub fn is_unreadable(&self) -> bool {
+        match self {
+            Refusal::UnsupportedVersion { .. } => true,
+            Refusal::InvalidField { field, .. } => field == "envelope",
+            _ => false,
         }
     }
 
@@ -97,34 +109,6 @@ impl ValidatedJob {
             correlation_id: None,
         }
     }
-}
-
-/// Checks one output spec against the limits; on error returns (sub-field, reason).
-pub(crate) fn check_output(
-    output: &OutputSpec,
-    limits: &Limits,
-) -> Result<(), (&'static str, String)> {
-    check_name(&output.name).map_err(|reason| ("name", reason))?;
-    for (field, value) in [("width", output.width), ("height", output.height)] {
-        if value == 0 {
-            return Err((field, "must be at least 1".into()));
-        }
-        if value > limits.max_output_side {
-            return Err((
-                field,
-                format!(
-                    "{value} is larger than the limit of {}",
-                    limits.max_output_side
-                ),
-            ));
-        }
-    }
-    if let Some(quality) = output.quality {
-        if !(1..=100).contains(&quality) {
-            return Err(("quality", format!("{quality} is outside 1..=100")));
-        }
-    }
-    Ok(())
 }
 
 /// Resolves which region a request for `tenant` naming `requested` (or none) goes to.
@@ -263,7 +247,7 @@ impl JobEnvelope {
         let mut names = HashSet::new();
         let mut outputs = Vec::with_capacity(specs.len());
         for (index, spec) in specs.into_iter().enumerate() {
-            check_output(spec, &config.limits).map_err(|(field, reason)| {
+            spec.check(&config.limits).map_err(|(field, reason)| {
                 Refusal::invalid(format!("outputs[{index}].{field}"), reason)
             })?;
             if !names.insert(spec.name.as_str()) {

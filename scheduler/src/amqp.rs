@@ -9,33 +9,28 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use locality_broker::{
-    confirm_channel, json_properties, publish_confirmed, short, text_header, with_text_header,
-    BrokerError, Link,
+    confirm_channel, json_properties, publish_confirmed, settle, short, text_header,
+    with_text_header, BrokerError, Link,
 };
 use locality_proto::topology::{
     events_queue, jobs_queue, AUTHORIZATION_HEADER, CONTENT_TYPE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
     SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{
-    JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId, TenantId,
-    ENVELOPE_VERSION,
+    ErrorCode, JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId,
+    TenantId, ENVELOPE_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{SubmitError, Submitted};
-use crate::gateway::{GatewayError, RegionGateway};
-use crate::AppState;
+use crate::control::{Control, SubmitError};
+use crate::regions::{DispatchError, JobDispatch};
 
 /// A confirm-mode channel that is replaced on every reconnect; empty while disconnected.
 #[derive(Clone, Default)]
@@ -59,34 +54,32 @@ impl PublishSlot {
 pub struct AmqpRegion {
     region: RegionId,
     url: String,
-    ingest_url: Option<String>,
     jobs: PublishSlot,
     connected: Arc<AtomicBool>,
     depth: [AtomicUsize; 2],
 }
 
 impl AmqpRegion {
-    pub fn new(region: RegionId, url: String, ingest_url: Option<String>) -> Arc<Self> {
+    pub fn new(region: RegionId, url: String) -> Arc<Self> {
         Arc::new(Self {
             region,
             url,
-            ingest_url,
             jobs: PublishSlot::default(),
             connected: Arc::new(AtomicBool::new(false)),
             depth: [AtomicUsize::new(0), AtomicUsize::new(0)],
         })
     }
 
-    fn unavailable(&self, err: impl ToString) -> GatewayError {
-        GatewayError::Unavailable {
+    fn unavailable(&self, err: impl ToString) -> DispatchError {
+        DispatchError {
             region: self.region.to_string(),
             reason: err.to_string(),
         }
     }
 }
 
-impl RegionGateway for AmqpRegion {
-    fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), GatewayError>> {
+impl JobDispatch for AmqpRegion {
+    fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), DispatchError>> {
         async move {
             let channel = self.jobs.get().map_err(|e| self.unavailable(e))?;
             let payload = serde_json::to_vec(&job).expect("job messages serialise");
@@ -103,18 +96,6 @@ impl RegionGateway for AmqpRegion {
             .map_err(|e| self.unavailable(e))
         }
         .boxed()
-    }
-
-    fn put_source(
-        &self,
-        _object_key: String,
-        _bytes: Bytes,
-    ) -> BoxFuture<'_, Result<(), GatewayError>> {
-        let error = GatewayError::UploadInRegion {
-            region: self.region.to_string(),
-            url: self.ingest_url.clone(),
-        };
-        async move { Err(error) }.boxed()
     }
 
     fn queue_depth(&self) -> (usize, usize) {
@@ -155,7 +136,7 @@ const DEPTH_POLL: Duration = Duration::from_secs(2);
 
 /// Runs the scheduler's broker links until `shutdown`: its own vhost and every region's.
 pub async fn run(
-    state: AppState,
+    state: Arc<Control>,
     scheduler_url: String,
     scheduler_connected: Arc<AtomicBool>,
     regions: Vec<Arc<AmqpRegion>>,
@@ -206,7 +187,7 @@ pub async fn run(
 }
 
 async fn region_session(
-    state: AppState,
+    state: Arc<Control>,
     region: Arc<AmqpRegion>,
     results: PublishSlot,
     connection: Arc<Connection>,
@@ -217,7 +198,7 @@ async fn region_session(
     locality_broker::topology::declare_region(
         &setup,
         &region.region,
-        state.config.limits.delivery_limit,
+        state.config().limits.delivery_limit,
     )
     .await?;
     region.jobs.set(Some(confirm_channel(&connection).await?));
@@ -227,8 +208,10 @@ async fn region_session(
         .await?;
     let mut events = events_channel
         .basic_consume(
-            &events_queue(&region.region),
-            &format!("locality-scheduler-events-{}", region.region),
+            events_queue(&region.region).as_str().into(),
+            format!("locality-scheduler-events-{}", region.region)
+                .as_str()
+                .into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -242,7 +225,8 @@ async fn region_session(
             _ = depth_poll.tick() => {
                 for (index, priority) in [Priority::Interactive, Priority::Batch].into_iter().enumerate() {
                     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-                    if let Ok(queue) = setup.queue_declare(&jobs_queue(&region.region, priority), passive, FieldTable::default()).await {
+                    let queue = jobs_queue(&region.region, priority);
+                    if let Ok(queue) = setup.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
                         region.depth[index].store(queue.message_count() as usize, Ordering::Relaxed);
                     }
                 }
@@ -261,43 +245,44 @@ async fn region_session(
 /// Applies a worker's event to the registry and publishes finished jobs to
 /// `locality.results`, once per job however often the worker reported it.
 async fn relay_event(
-    state: &AppState,
+    state: &Control,
     region: &RegionId,
     results: &PublishSlot,
     delivery: Delivery,
 ) {
+    let what = format!("job event from region {region}");
     let event: JobEvent = match serde_json::from_slice(&delivery.data) {
         Ok(event) => event,
         Err(err) => {
             tracing::warn!(%region, error = %err, "unreadable job event dropped");
-            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+            settle::dead_letter(&delivery, &what).await;
             return;
         }
     };
     let result = match &event {
         JobEvent::Started { .. } => {
             state.record_event(event);
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+            settle::ack(&delivery, &what).await;
             return;
         }
         JobEvent::Finished(result) => result,
     };
     // A region reports on its own jobs and configured tenants only.
-    if &result.region != region || !state.config.tenants.contains_key(&result.tenant) {
+    if &result.region != region || !state.config().tenants.contains_key(&result.tenant) {
         tracing::warn!(%region, job_id = %result.job_id, "result naming another region or an unknown tenant dropped");
-        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        settle::dead_letter(&delivery, &what).await;
         return;
     }
-    if !state.jobs.is_finished(&result.job_id) {
+    if !state.is_finished(&result.job_id) {
         if let Err(err) = publish_result(results, result).await {
             tracing::warn!(error = %err, job_id = %result.job_id, "could not relay a result; will retry");
             tokio::time::sleep(REQUEUE_PAUSE).await;
-            let _ = delivery.nack(requeue()).await;
+            settle::requeue(&delivery, &what).await;
             return;
         }
         state.record_event(event);
     }
-    let _ = delivery.ack(BasicAckOptions::default()).await;
+    settle::ack(&delivery, &what).await;
 }
 
 async fn publish_result(results: &PublishSlot, result: &JobResult) -> Result<(), BrokerError> {
@@ -323,22 +308,15 @@ async fn publish_result(results: &PublishSlot, result: &JobResult) -> Result<(),
     }
 }
 
-fn requeue() -> BasicNackOptions {
-    BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    }
-}
-
 async fn scheduler_session(
-    state: AppState,
+    state: Arc<Control>,
     results: PublishSlot,
     connection: Arc<Connection>,
     link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let setup = connection.create_channel().await?;
-    locality_broker::topology::declare_scheduler(&setup, state.config.limits.delivery_limit)
+    locality_broker::topology::declare_scheduler(&setup, state.config().limits.delivery_limit)
         .await?;
     results.set(Some(confirm_channel(&connection).await?));
     let submit_channel = connection.create_channel().await?;
@@ -347,8 +325,8 @@ async fn scheduler_session(
         .await?;
     let mut submissions = submit_channel
         .basic_consume(
-            SUBMIT_QUEUE,
-            "locality-scheduler-submit",
+            SUBMIT_QUEUE.into(),
+            "locality-scheduler-submit".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -371,17 +349,19 @@ async fn scheduler_session(
 
 /// One envelope from `locality.submit`. Authenticated like HTTP (header
 /// `authorization: Bearer API_KEY`); the routing key must be the tenant.
-async fn handle_submission(state: &AppState, results: &PublishSlot, delivery: Delivery) {
+async fn handle_submission(state: &Control, results: &PublishSlot, delivery: Delivery) {
     let properties = &delivery.properties;
+    let what = "submission";
     let tenant = text_header(properties, AUTHORIZATION_HEADER)
         .and_then(|value| value.strip_prefix("Bearer ").map(|k| k.trim().to_string()))
-        .and_then(|key| state.config.tenant_for_api_key(&key).cloned());
+        .and_then(|key| state.config().tenant_for_api_key(&key).cloned());
     let Some(tenant) = tenant else {
         tracing::warn!(
             routing_key = %delivery.routing_key,
             "submission without a valid API key dead-lettered"
         );
-        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        state.count_refusal(ErrorCode::Unauthorised);
+        settle::dead_letter(&delivery, what).await;
         return;
     };
     let correlation_id = properties
@@ -389,53 +369,60 @@ async fn handle_submission(state: &AppState, results: &PublishSlot, delivery: De
         .as_ref()
         .or(properties.correlation_id().as_ref())
         .map(|id| id.to_string());
-    let answer = |outcome: JobOutcome, code: &str, message: String| {
+    let answer = |outcome: JobOutcome, code: ErrorCode, message: String| {
         JobResult::unsuccessful(
             uuid::Uuid::new_v4(),
             tenant.clone(),
-            state.config.tenants[&tenant].home.clone(),
+            state.config().tenants[&tenant].home.clone(),
             outcome,
-            JobError {
-                code: code.to_string(),
-                message,
-            },
+            JobError::new(code, message),
             correlation_id.clone(),
         )
     };
 
     let content_type = properties.content_type().as_ref().map(|t| t.to_string());
-    let submitted = if content_type.as_deref() != Some(CONTENT_TYPE) {
-        Err(SubmitError::Refused(Refusal::invalid(
+    let refusal_at_this_door = if content_type.as_deref() != Some(CONTENT_TYPE) {
+        Some(Refusal::invalid(
             "envelope",
             format!("content type {content_type:?} is not {CONTENT_TYPE:?}"),
-        )))
+        ))
     } else if delivery.routing_key.as_str() != tenant.as_str() {
-        Err(SubmitError::Refused(Refusal::WrongTenant {
+        Some(Refusal::WrongTenant {
             authenticated: tenant.clone(),
             requested: delivery.routing_key.to_string(),
-        }))
+        })
     } else {
-        state
-            .submit(&tenant, &delivery.data, correlation_id.clone())
-            .await
+        None
+    };
+    let submitted = match refusal_at_this_door {
+        Some(refusal) => {
+            state.count_refusal(refusal.code());
+            Err(SubmitError::Refused(refusal))
+        }
+        None => {
+            state
+                .submit(&tenant, &delivery.data, correlation_id.clone())
+                .await
+        }
     };
     let (result, dead_letter) = match submitted {
-        Ok(Submitted { .. }) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
+        Ok(_) => {
+            settle::ack(&delivery, what).await;
             return;
         }
-        Err(SubmitError::Unavailable(err)) => {
-            tracing::warn!(
-                ?err,
-                "region unavailable; submission goes back to the queue"
-            );
+        Err(err @ SubmitError::RegionUnavailable { .. }) => {
+            tracing::warn!(error = %err, "region unavailable; submission goes back to the queue");
             tokio::time::sleep(REQUEUE_PAUSE).await;
-            let _ = delivery.nack(requeue()).await;
+            settle::requeue(&delivery, what).await;
             return;
         }
         // Unreadable messages are poison: failed result, then the dead-letter queue.
-        Err(SubmitError::Refused(refusal)) if is_unreadable(&refusal) => (
-            answer(JobOutcome::Failed, "malformed_message", refusal.to_string()),
+        Err(SubmitError::Refused(refusal)) if refusal.is_unreadable() => (
+            answer(
+                JobOutcome::Failed,
+                ErrorCode::MalformedMessage,
+                refusal.to_string(),
+            ),
             true,
         ),
         Err(SubmitError::Refused(refusal)) => (
@@ -443,30 +430,15 @@ async fn handle_submission(state: &AppState, results: &PublishSlot, delivery: De
             false,
         ),
     };
-    state
-        .metrics
-        .requests_refused
-        .with_label_values(&[result.error.as_ref().map_or("", |e| e.code.as_str())])
-        .inc();
     if let Err(err) = publish_result(results, &result).await {
         tracing::warn!(error = %err, "could not publish a refusal; will retry");
         tokio::time::sleep(REQUEUE_PAUSE).await;
-        let _ = delivery.nack(requeue()).await;
+        settle::requeue(&delivery, what).await;
         return;
     }
     if dead_letter {
-        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        settle::dead_letter(&delivery, what).await;
     } else {
-        let _ = delivery.ack(BasicAckOptions::default()).await;
-    }
-}
-
-/// Whether a refusal means the message itself could not be read (wrong type, not
-/// JSON, not an envelope, unknown version), as opposed to a readable envelope refused.
-fn is_unreadable(refusal: &Refusal) -> bool {
-    match refusal {
-        Refusal::UnsupportedVersion { .. } => true,
-        Refusal::InvalidField { field, .. } => field == "envelope",
-        _ => false,
+        settle::ack(&delivery, what).await;
     }
 }

@@ -1,20 +1,20 @@
 //! Locality's control plane. It authenticates tenants, validates envelopes,
 //! routes each job to a region its tenant is pinned to, and tracks job status.
-//! It handles envelopes (tenant, opaque keys, operations), never decoded images:
-//! an upload is passed straight to the region's gateway.
+//! It handles envelopes (tenant, opaque keys, operations), never decoded images.
 //!
-//! - [`api`]: the HTTP API.
-//! - [`amqp`]: the broker links of the distributed mode (submit queue, regions, results).
-//! - [`gateway`]: how a region is reached (in-process or over a broker).
-//! - [`registry`]: job status, idempotency keys.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`control`]: the core beneath both doors (submit, record results, answer for jobs).
+//! - [`http`]: the HTTP door. [`amqp`]: the broker door and the links to each region.
+//!   They import the core, never each other.
+//! - [`regions`]: the seams to a region: job dispatch, and where uploads go.
+//! - [`registry`]: job status and idempotency keys. [`metrics`]: Prometheus metrics.
 
 pub mod amqp;
-pub mod api;
-pub mod gateway;
+pub mod control;
+pub mod http;
 pub mod metrics;
+pub mod regions;
 pub mod registry;
 
-pub use api::{ingest_router, router, AppState, SubmitError, Submitted};
-pub use gateway::{GatewayError, RegionGateway};
-pub use registry::JobRegistry;
+pub use control::{Control, Readiness, SubmitError, Submitted};
+pub use regions::{DispatchError, JobDispatch, Region, SourceStore, Uploads};
+pub use registry::JobRecord;

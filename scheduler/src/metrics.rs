@@ -1,42 +1,24 @@
-//! Prometheus metrics of the control plane.
+//! Prometheus metrics of the control plane, registered in the process's registry.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-pub struct Metrics {
-    registry: Registry,
+#[derive(Clone)]
+pub struct SchedulerMetrics {
     pub jobs_submitted: IntCounterVec,
     pub jobs_finished: IntCounterVec,
     pub requests_refused: IntCounterVec,
     pub queue_depth: IntGaugeVec,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let registry = Registry::new();
-        let jobs_submitted = IntCounterVec::new(
-            Opts::new(
-                "locality_jobs_submitted_total",
-                "Jobs accepted, per region and priority",
-            ),
-            &["region", "priority"],
-        )
-        .expect("valid metric");
-        let jobs_finished = IntCounterVec::new(
-            Opts::new(
-                "locality_jobs_finished_total",
-                "Jobs finished, per region and outcome",
-            ),
-            &["region", "outcome"],
-        )
-        .expect("valid metric");
-        let requests_refused = IntCounterVec::new(
-            Opts::new(
-                "locality_requests_refused_total",
-                "Requests refused, per reason code",
-            ),
-            &["code"],
-        )
-        .expect("valid metric");
+impl SchedulerMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("scheduler metric names are unique");
+            metric
+        };
         let queue_depth = IntGaugeVec::new(
             Opts::new(
                 "locality_queue_depth",
@@ -45,28 +27,26 @@ impl Default for Metrics {
             &["region", "priority"],
         )
         .expect("valid metric");
-        for metric in [
-            Box::new(jobs_submitted.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(jobs_finished.clone()),
-            Box::new(requests_refused.clone()),
-            Box::new(queue_depth.clone()),
-        ] {
-            registry.register(metric).expect("unique metric");
-        }
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("scheduler metric names are unique");
         Self {
-            registry,
-            jobs_submitted,
-            jobs_finished,
-            requests_refused,
+            jobs_submitted: counter(
+                "locality_jobs_submitted_total",
+                "Jobs accepted, per region and priority",
+                &["region", "priority"],
+            ),
+            jobs_finished: counter(
+                "locality_jobs_finished_total",
+                "Jobs finished, per region and outcome",
+                &["region", "outcome"],
+            ),
+            requests_refused: counter(
+                "locality_requests_refused_total",
+                "Requests refused, per reason code",
+                &["code"],
+            ),
             queue_depth,
         }
-    }
-}
-
-impl Metrics {
-    pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
     }
 }

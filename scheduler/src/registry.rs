@@ -17,6 +17,9 @@ pub struct JobRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     pub timings: StageTimings,
+    /// The job was given up on and its message kept in the region's dead-letter queue.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 #[derive(Default)]
@@ -101,6 +104,7 @@ impl JobRegistry {
                     record.outputs = result.outputs;
                     record.error = result.error;
                     record.timings = result.timings;
+                    record.dead_lettered = result.dead_lettered;
                 }
             }
         }

@@ -7,12 +7,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use locality_proto::keys::belongs_to_tenant;
 use locality_proto::{
-    JobError, JobMessage, JobOutcome, JobResult, Limits, OutputInfo, RegionId, StageTimings,
-    ENVELOPE_VERSION,
+    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Limits, OutputInfo, Recovery, RegionId,
+    StageTimings, ENVELOPE_VERSION,
 };
 
 use crate::budget::PixelBudget;
 use crate::cpu::run_on_pool;
+use crate::metrics::{RegionMetrics, Stage};
 use crate::pipeline::{self, OutputRequest, PipelineError, PipelineOptions};
 use crate::store::{RegionStores, StoreError};
 
@@ -23,13 +24,20 @@ pub struct WorkerContext {
     pub options: PipelineOptions,
     pub cpu_pool: Arc<rayon::ThreadPool>,
     pub budget: PixelBudget,
+    pub metrics: RegionMetrics,
 }
 
 impl WorkerContext {
     /// The region is the store's: a worker cannot be pointed at another region's store.
-    pub fn new(stores: RegionStores, limits: Limits, cpu_pool: Arc<rayon::ThreadPool>) -> Self {
+    pub fn new(
+        stores: RegionStores,
+        limits: Limits,
+        cpu_pool: Arc<rayon::ThreadPool>,
+        metrics: &crate::metrics::WorkerMetrics,
+    ) -> Self {
         Self {
             budget: PixelBudget::new(limits.worker_pixel_budget),
+            metrics: metrics.for_region(stores.region()),
             stores,
             limits,
             options: PipelineOptions::default(),
@@ -46,52 +54,52 @@ impl WorkerContext {
     }
 }
 
-/// Why a job did not succeed: a stable code, a sentence, and whether trying again could help.
+/// Why a job did not succeed: a stable code and a sentence. Whether trying again could
+/// help is the code's [`Recovery`].
 #[derive(Debug, Clone)]
 pub struct JobFailure {
     pub outcome: JobOutcome,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
-    /// Transient (store down): the transport may redeliver. Permanent otherwise.
-    pub retryable: bool,
 }
 
 impl JobFailure {
-    fn refused(code: &'static str, message: String) -> Self {
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            outcome: JobOutcome::Failed,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn refused(code: ErrorCode, message: String) -> Self {
         Self {
             outcome: JobOutcome::Refused,
             code,
             message,
-            retryable: false,
         }
+    }
+
+    pub fn recovery(&self) -> Recovery {
+        self.code.recovery()
     }
 }
 
 impl From<PipelineError> for JobFailure {
     fn from(err: PipelineError) -> Self {
-        Self {
-            outcome: JobOutcome::Failed,
-            code: err.code(),
-            message: err.to_string(),
-            retryable: false,
-        }
+        Self::failed(err.code(), err.to_string())
     }
 }
 
 impl From<StoreError> for JobFailure {
     fn from(err: StoreError) -> Self {
-        let (code, retryable) = match &err {
-            StoreError::NotFound { .. } => ("source_not_found", false),
-            StoreError::InvalidKey { .. } => ("invalid_key", false),
-            _ if err.is_transient() => ("store_unavailable", true),
-            _ => ("store_error", false),
+        let code = match &err {
+            StoreError::NotFound { .. } => ErrorCode::SourceNotFound,
+            StoreError::InvalidKey { .. } => ErrorCode::InvalidKey,
+            _ if err.is_transient() => ErrorCode::StoreUnavailable,
+            _ => ErrorCode::StoreError,
         };
-        Self {
-            outcome: JobOutcome::Failed,
-            code,
-            message: err.to_string(),
-            retryable,
-        }
+        Self::failed(code, err.to_string())
     }
 }
 
@@ -99,13 +107,13 @@ impl From<StoreError> for JobFailure {
 pub fn check_admissible(message: &JobMessage, region: &RegionId) -> Result<(), JobFailure> {
     if message.v != ENVELOPE_VERSION {
         return Err(JobFailure::refused(
-            "unsupported_version",
+            ErrorCode::UnsupportedVersion,
             format!("job message version {} is not supported", message.v),
         ));
     }
     if &message.region != region {
         return Err(JobFailure::refused(
-            "wrong_region",
+            ErrorCode::WrongRegion,
             format!(
                 "residency: job for region {} reached the worker of region {region}; refused, not rerouted",
                 message.region
@@ -116,7 +124,7 @@ pub fn check_admissible(message: &JobMessage, region: &RegionId) -> Result<(), J
     for key in keys {
         if !belongs_to_tenant(key, &message.tenant) {
             return Err(JobFailure::refused(
-                "key_outside_tenant",
+                ErrorCode::KeyOutsideTenant,
                 format!(
                     "key {key:?} is outside the area of tenant {}",
                     message.tenant
@@ -143,13 +151,11 @@ pub async fn process_job(
         .get(&message.source_key)
         .await?;
     timings.fetch_ms = ms(fetch_started);
+    context.metrics.bytes_read(source.len());
 
     let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
-    let panicked = |panic: crate::cpu::WorkPanicked| JobFailure {
-        outcome: JobOutcome::Failed,
-        code: "internal_error",
-        message: panic.to_string(),
-        retryable: false,
+    let panicked = |panic: crate::cpu::WorkPanicked| {
+        JobFailure::failed(ErrorCode::InternalError, panic.to_string())
     };
     // Header parsing is CPU work too: it runs on the pool, and its result is reused below.
     let (limits, options) = (context.limits, context.options);
@@ -162,11 +168,13 @@ pub async fn process_job(
     .await
     .map_err(panicked)??;
     let reservation = context.budget.reserve(pixels).await;
+    let in_flight = context.metrics.pixels_in_flight(pixels);
     let rendered = run_on_pool(&context.cpu_pool, move || {
         pipeline::run_probed(&source, probe, &requests, &options)
     })
     .await
     .map_err(panicked)??;
+    drop(in_flight);
     drop(reservation);
     timings.decode_ms = rendered.timings.decode_ms;
     timings.resize_ms = rendered.timings.resize_ms;
@@ -176,6 +184,7 @@ pub async fn process_job(
     let mut outputs = Vec::with_capacity(rendered.outputs.len());
     for (encoded, spec) in rendered.outputs.into_iter().zip(&message.outputs) {
         let bytes = encoded.bytes.len() as u64;
+        context.metrics.bytes_written(encoded.bytes.len());
         context
             .stores
             .for_key(&spec.key)
@@ -193,6 +202,13 @@ pub async fn process_job(
     }
     timings.store_ms = ms(store_started);
     timings.total_ms = ms(started);
+    context.metrics.stages(&[
+        (Stage::Fetch, timings.fetch_ms),
+        (Stage::Decode, timings.decode_ms),
+        (Stage::Resize, timings.resize_ms),
+        (Stage::Encode, timings.encode_ms),
+        (Stage::Store, timings.store_ms),
+    ]);
 
     Ok(JobResult {
         v: ENVELOPE_VERSION,
@@ -204,6 +220,7 @@ pub async fn process_job(
         error: None,
         timings,
         correlation_id: message.correlation_id.clone(),
+        dead_lettered: false,
     })
 }
 
@@ -214,10 +231,7 @@ pub fn failure_result(message: &JobMessage, region: &RegionId, failure: &JobFail
         message.tenant.clone(),
         region.clone(),
         failure.outcome,
-        JobError {
-            code: failure.code.to_string(),
-            message: failure.message.clone(),
-        },
+        JobError::new(failure.code, failure.message.clone()),
         message.correlation_id.clone(),
     )
 }

@@ -2,20 +2,24 @@
 //! region's jobs, reads sources from that region's store, runs the image
 //! pipeline on rayon and writes outputs back to the same store.
 //!
+//! - [`serve`]: the one job loop (pick, admit, process, settle) and its seams.
+//! - [`transport`]: its two adapters, in-process (`locality up`) and RabbitMQ.
+//! - [`job`]: one job from message to stored outputs and result.
 //! - [`pipeline`]: decode, orient, colour, resize, encode (pure CPU work).
 //! - [`store`]: the region's object store.
-//! - [`job`]: one job from message to stored outputs and result.
-//! - [`runtime`]: the in-process queue consumer used by `locality up`.
-//! - [`amqp`]: the RabbitMQ consumer used by `locality worker`.
-//! - [`budget`]: the pixel budget that bounds memory.
+//! - [`ingest`]: the worker's HTTP endpoint (uploads, health, metrics).
+//! - [`budget`], [`cpu`], [`metrics`]: the pixel budget, the rayon hand-off, metrics.
 
-pub mod amqp;
 pub mod budget;
 pub mod cpu;
+pub mod ingest;
 pub mod job;
+pub mod metrics;
 pub mod pipeline;
-pub mod runtime;
+pub mod serve;
 pub mod store;
+pub mod transport;
 
 pub use job::{process_job, JobFailure, WorkerContext};
+pub use metrics::WorkerMetrics;
 pub use store::{RegionStore, RegionStores, StoreError};

@@ -86,7 +86,7 @@ fn pixel_bombs_are_refused_from_the_header_with_the_numbers() {
         let bytes = std::fs::read(fixture(name)).unwrap();
         match run(&bytes, &[output(320, ImageFormat::Jpeg)]) {
             Err(err @ PipelineError::TooLarge { .. }) => {
-                assert_eq!(err.code(), "image_too_large");
+                assert_eq!(err.code().as_str(), "image_too_large");
                 assert!(err.to_string().contains("limit"), "{name}: {err}");
             }
             other => panic!("{name}: expected a size refusal, got {other:?}"),

@@ -62,7 +62,7 @@ fn region_outside_the_pinning_is_refused_naming_tenant_region_and_allowed() {
     let mut env = envelope("demo-eu", "a.jpg");
     env.source.region = Some("sg".into());
     let refusal = env.validate(&config(), &tenant("demo-eu")).unwrap_err();
-    assert_eq!(refusal.code(), "region_not_allowed");
+    assert_eq!(refusal.code().as_str(), "region_not_allowed");
     let message = refusal.to_string();
     assert!(message.contains("demo-eu") && message.contains("sg") && message.contains("eu"));
 }
@@ -73,14 +73,16 @@ fn wrong_and_unknown_tenants_are_refused() {
     assert_eq!(
         env.validate(&config(), &tenant("demo-eu"))
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "wrong_tenant"
     );
     let env = envelope("nobody", "a.jpg");
     assert_eq!(
         env.validate(&config(), &tenant("demo-eu"))
             .unwrap_err()
-            .code(),
+            .code()
+            .as_str(),
         "unknown_tenant"
     );
 }
@@ -144,7 +146,7 @@ fn unknown_format_version_and_fields_are_refused_when_parsing() {
 
     let v2 = br#"{"v":2,"tenant":"demo-eu","source":{"key":"a.jpg"}}"#;
     assert_eq!(
-        JobEnvelope::from_json(v2).unwrap_err().code(),
+        JobEnvelope::from_json(v2).unwrap_err().code().as_str(),
         "unsupported_version"
     );
 

@@ -4,7 +4,7 @@
 
 use rav1e::prelude::*;
 
-use super::Pixels;
+use super::model::Pixels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AvifError {

@@ -2,7 +2,7 @@
 
 use lcms2::{Intent, PixelFormat, Profile, Transform};
 
-use super::Pixels;
+use super::model::Pixels;
 
 /// Converts pixels from an embedded RGB profile to sRGB.
 #[derive(Debug, Clone)]

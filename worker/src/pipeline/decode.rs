@@ -7,8 +7,9 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use super::color::{cmyk_to_rgb, SrgbConversion};
 use super::geometry::OutputPlan;
+use super::model::{PipelineOptions, Pixels};
 use super::probe::{Probe, SourceFormat};
-use super::{PipelineError, PipelineOptions, Pixels};
+use super::PipelineError;
 
 pub struct Decoded {
     pub pixels: Pixels,

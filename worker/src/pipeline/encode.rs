@@ -4,7 +4,8 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 use locality_proto::ImageFormat;
 
-use super::{PipelineError, PipelineOptions, Pixels};
+use super::model::{PipelineOptions, Pixels};
+use super::PipelineError;
 
 pub fn encode(
     pixels: &Pixels,

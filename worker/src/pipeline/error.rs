@@ -1,7 +1,7 @@
 //! Why an image could not be processed. Every variant is permanent: retrying the
 //! same bytes gives the same answer, so the job fails at once with this reason.
 
-use locality_proto::ImageFormat;
+use locality_proto::{ErrorCode, ImageFormat};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -23,13 +23,13 @@ pub enum PipelineError {
 
 impl PipelineError {
     /// Stable machine-readable code for job results.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            PipelineError::UnsupportedFormat { .. } => "unsupported_format",
-            PipelineError::TooLarge { .. } => "image_too_large",
-            PipelineError::Corrupt { .. } => "corrupt_image",
-            PipelineError::Encode { .. } => "encode_failed",
-            PipelineError::Resize { .. } => "resize_failed",
+            PipelineError::UnsupportedFormat { .. } => ErrorCode::UnsupportedFormat,
+            PipelineError::TooLarge { .. } => ErrorCode::ImageTooLarge,
+            PipelineError::Corrupt { .. } => ErrorCode::CorruptImage,
+            PipelineError::Encode { .. } => ErrorCode::EncodeFailed,
+            PipelineError::Resize { .. } => ErrorCode::ResizeFailed,
         }
     }
 

@@ -6,8 +6,9 @@
 use image::metadata::Orientation;
 use locality_proto::Fit;
 
-use super::probe::{swaps_axes, Probe};
-use super::OutputRequest;
+use super::model::OutputRequest;
+use super::orient::swaps_axes;
+use super::probe::Probe;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutputPlan {

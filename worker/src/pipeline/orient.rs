@@ -1,9 +1,10 @@
-//! EXIF orientation, applied to the small resized output rather than the full decode.
+//! EXIF orientation, in one place: applied to the small resized output rather than
+//! the full decode, and whether it swaps width and height.
 
 use image::metadata::Orientation;
 use image::{DynamicImage, RgbImage, RgbaImage};
 
-use super::Pixels;
+use super::model::Pixels;
 
 pub fn apply(pixels: Pixels, orientation: Orientation) -> Pixels {
     if orientation == Orientation::NoTransforms {
@@ -27,4 +28,14 @@ pub fn apply(pixels: Pixels, orientation: Orientation) -> Pixels {
         channels,
         data: image.into_bytes(),
     }
+}
+
+pub(crate) fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
 }

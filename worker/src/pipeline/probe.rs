@@ -7,6 +7,7 @@ use image::metadata::Orientation;
 use image::{ImageDecoder, ImageReader};
 use locality_proto::Limits;
 
+use super::orient::swaps_axes;
 use super::PipelineError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +75,6 @@ impl Probe {
         };
         Err(PipelineError::TooLarge { detail })
     }
-}
-
-pub(crate) fn swaps_axes(orientation: Orientation) -> bool {
-    matches!(
-        orientation,
-        Orientation::Rotate90
-            | Orientation::Rotate270
-            | Orientation::Rotate90FlipH
-            | Orientation::Rotate270FlipH
-    )
 }
 
 pub fn probe(source: &[u8]) -> Result<Probe, PipelineError> {

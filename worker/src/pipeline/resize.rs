@@ -3,7 +3,8 @@
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use super::{PipelineError, Pixels};
+use super::model::Pixels;
+use super::PipelineError;
 
 /// Resizes the centred crop (fractions of width and height) of `source` to exactly `width` x `height`.
 pub fn crop_and_resize(

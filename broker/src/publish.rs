@@ -1,0 +1,131 @@
+//! Confirmed publishes, and the properties and headers every Locality message carries.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection};
+
+use crate::BrokerError;
+
+/// A channel in confirm mode: every publish on it is acknowledged by the broker.
+pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Properties of every message Locality publishes: JSON, persistent, schema version header.
+pub fn json_properties(schema: u32) -> BasicProperties {
+    with_number_header(
+        BasicProperties::default()
+            .with_content_type(locality_proto::topology::CONTENT_TYPE.into())
+            .with_delivery_mode(2),
+        locality_proto::topology::SCHEMA_HEADER,
+        i64::from(schema),
+    )
+}
+
+fn with_header(properties: BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(name.into(), value);
+    properties.with_headers(headers)
+}
+
+/// Adds a text header to the properties.
+pub fn with_text_header(properties: BasicProperties, name: &str, value: &str) -> BasicProperties {
+    with_header(properties, name, AMQPValue::LongString(value.into()))
+}
+
+/// Adds a number header to the properties.
+pub fn with_number_header(properties: BasicProperties, name: &str, value: i64) -> BasicProperties {
+    with_header(properties, name, AMQPValue::LongLongInt(value))
+}
+
+/// A header as text, whatever string type the publisher used.
+pub fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// A header as a number, whatever integer type the publisher used.
+pub fn number_header(properties: &BasicProperties, name: &str) -> Option<i64> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match *value {
+        AMQPValue::ShortShortInt(n) => Some(n.into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => Some(n),
+        AMQPValue::Timestamp(n) => i64::try_from(n).ok(),
+        AMQPValue::LongString(ref text) => text.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The headers of a message without the ones the broker adds (`x-death`,
+/// `x-delivery-count`, ...), for publishing a copy of it as a new message.
+pub fn own_headers(properties: &BasicProperties) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(existing) = properties.headers() {
+        for (name, value) in existing.inner() {
+            if !name.as_str().starts_with("x-") {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    headers
+}
+
+pub fn short(text: &str) -> ShortString {
+    text.into()
+}
+
+/// Publishes and waits for the broker's confirm. `mandatory`, so a message no queue
+/// would take comes back as [`BrokerError::Unroutable`] instead of vanishing.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BrokerError> {
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            payload,
+            properties,
+        )
+        .await?
+        .await?;
+    let describe = || (exchange.to_string(), routing_key.to_string());
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => {
+            let (exchange, routing_key) = describe();
+            Err(BrokerError::Unroutable {
+                exchange,
+                routing_key,
+            })
+        }
+        Confirmation::Nack(_) => {
+            let (exchange, routing_key) = describe();
+            Err(BrokerError::Nacked {
+                exchange,
+                routing_key,
+            })
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The RabbitMQ broker that scripts/test.sh starts: URLs of its vhosts and users,
+//! rabbitmqctl, emptying queues between tests, publishing raw messages.
+
+use std::process::Command;
+
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use locality_proto::topology::{
+    dead_letter_queue, events_queue, jobs_queue, retry_queue, SUBMIT_DEAD_LETTER_QUEUE,
+    SUBMIT_QUEUE,
+};
+use locality_proto::{Priority, RegionId};
+
+use super::results::TEST_RESULTS_QUEUE;
+
+/// Distributed tests share one broker and its queue names, and one of them restarts
+/// the broker: they run one at a time.
+pub static BROKER_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub const VHOSTS: [&str; 4] = ["scheduler", "eu", "ca", "sg"];
+
+/// The broker started by scripts/rabbitmq-up.sh. Fails loudly without it.
+pub struct Broker {
+    pub port: u16,
+    env_file: String,
+}
+
+impl Broker {
+    pub fn from_env() -> Self {
+        let port = std::env::var("LOCALITY_TEST_AMQP_PORT").expect(
+            "LOCALITY_TEST_AMQP_PORT is not set: these tests need the RabbitMQ broker that \
+             scripts/test.sh starts; run the suite with scripts/test.sh",
+        );
+        let env_file = std::env::var("LOCALITY_TEST_RABBITMQ_ENV")
+            .expect("LOCALITY_TEST_RABBITMQ_ENV is not set: run the suite with scripts/test.sh");
+        Self {
+            port: port.parse().expect("a port number"),
+            env_file,
+        }
+    }
+
+    /// The URL of a vhost with the credentials of that vhost's own user.
+    pub fn url(&self, vhost: &str) -> String {
+        self.url_as(vhost, vhost)
+    }
+
+    /// The URL of `vhost` with the credentials of `user_vhost`'s user.
+    pub fn url_as(&self, user_vhost: &str, vhost: &str) -> String {
+        format!(
+            "amqp://locality-{user_vhost}:secret-{user_vhost}@127.0.0.1:{}/{vhost}",
+            self.port
+        )
+    }
+
+    pub fn admin_url(&self, vhost: &str) -> String {
+        format!(
+            "amqp://locality-admin:admin-secret@127.0.0.1:{}/{vhost}",
+            self.port
+        )
+    }
+
+    /// Runs rabbitmqctl against the test node.
+    pub fn ctl(&self, args: &str) {
+        let status = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". '{}' && rabbitmqctl -q -n \"$RABBITMQ_NODENAME\" {args}",
+                self.env_file
+            ))
+            .status()
+            .expect("bash runs");
+        assert!(status.success(), "rabbitmqctl {args} failed");
+    }
+
+    /// Deletes every queue Locality and these tests use, so a test starts empty.
+    pub async fn reset(&self) {
+        for vhost in VHOSTS {
+            let connection = locality_broker::connect(&self.admin_url(vhost), "test-reset")
+                .await
+                .unwrap_or_else(|e| panic!("broker not reachable for vhost {vhost}: {e}"));
+            let mut queues = vec![TEST_RESULTS_QUEUE.to_string()];
+            if vhost == "scheduler" {
+                queues.extend([
+                    SUBMIT_QUEUE.to_string(),
+                    SUBMIT_DEAD_LETTER_QUEUE.to_string(),
+                ]);
+            } else {
+                let region = RegionId::new(vhost).unwrap();
+                queues.extend([
+                    jobs_queue(&region, Priority::Interactive),
+                    jobs_queue(&region, Priority::Batch),
+                    retry_queue(&region),
+                    events_queue(&region),
+                    dead_letter_queue(&region),
+                ]);
+            }
+            for queue in queues {
+                // A channel each: deleting a queue that is not there may close the channel.
+                let channel = connection.create_channel().await.unwrap();
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "reset done".into()).await;
+        }
+    }
+
+    /// Messages in a queue of a vhost (0 if the queue does not exist).
+    pub async fn queue_length(&self, vhost: &str, queue: &str) -> u32 {
+        let connection = locality_broker::connect(&self.admin_url(vhost), "test-inspect")
+            .await
+            .expect("broker reachable");
+        let channel = connection.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let count = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0);
+        let _ = connection.close(200, "done".into()).await;
+        count
+    }
+}
+
+/// Publishes raw bytes (confirmed), as a broken or hostile publisher with the
+/// credentials in `url` could.
+pub async fn publish_raw(
+    url: &str,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    let connection = locality_broker::connect(url, "test-publisher")
+        .await
+        .unwrap();
+    let channel = locality_broker::confirm_channel(&connection).await.unwrap();
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+}
+
+pub fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in pairs {
+        table.insert((*name).into(), value.clone());
+    }
+    table
+}

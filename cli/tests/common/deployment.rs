@@ -1,0 +1,250 @@
+//! What a scenario needs of a deployment, so one scenario function runs against
+//! `locality up` and against scheduler + workers over RabbitMQ alike.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::api_key;
+use super::cluster::Cluster;
+use super::embedded::Embedded;
+use super::s3::list_s3;
+
+pub trait Deployment {
+    fn name(&self) -> &'static str;
+    fn http(&self) -> &reqwest::Client;
+    /// The scheduler's HTTP API.
+    fn base_url(&self) -> &str;
+    /// Stores an original for `tenant` as a client of this deployment does; asserts 201.
+    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>);
+    /// Every object key in a region's store.
+    async fn objects(&self, region: &str) -> Vec<String>;
+    /// The `/metrics` text of the process running `region`'s worker.
+    async fn worker_metrics(&self, region: &str) -> String;
+    /// Everything the deployment's processes logged so far.
+    fn logs(&self) -> String;
+    /// How many results were reported for each of these jobs.
+    fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize>;
+
+    async fn submit(&self, tenant: &str, envelope: &Value) -> reqwest::Response {
+        self.http()
+            .post(format!("{}/v1/jobs", self.base_url()))
+            .bearer_auth(api_key(tenant))
+            .json(envelope)
+            .send()
+            .await
+            .expect("submit request")
+    }
+
+    /// Submits and asserts 202; returns the job id.
+    async fn submit_job(&self, tenant: &str, envelope: &Value) -> String {
+        let response = self.submit(tenant, envelope).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 202, "{}: submit: {body}", self.name());
+        body["job_id"].as_str().unwrap().to_string()
+    }
+
+    async fn status(&self, tenant: &str, job_id: &str) -> Value {
+        self.http()
+            .get(format!("{}/v1/jobs/{job_id}", self.base_url()))
+            .bearer_auth(api_key(tenant))
+            .send()
+            .await
+            .expect("status request")
+            .json()
+            .await
+            .expect("json status")
+    }
+
+    /// Jobs of `job_ids` whose status is final.
+    async fn finished(&self, tenant: &str, job_ids: &BTreeSet<String>) -> BTreeMap<String, Value> {
+        let mut done = BTreeMap::new();
+        for id in job_ids {
+            let record = self.status(tenant, id).await;
+            let status = record["status"].as_str().unwrap_or_default();
+            if status != "queued" && status != "running" {
+                done.insert(id.clone(), record);
+            }
+        }
+        done
+    }
+
+    /// Polls until every job's status is final; returns the records.
+    async fn wait_for_all(
+        &self,
+        tenant: &str,
+        job_ids: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> BTreeMap<String, Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let done = self.finished(tenant, job_ids).await;
+            if done.len() == job_ids.len() {
+                return done;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {} of {} jobs finished",
+                self.name(),
+                done.len(),
+                job_ids.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Object keys in a region's S3 store; `None` when the region has no store URL.
+async fn store_objects(config: &locality_proto::Config, region: &str) -> Option<Vec<String>> {
+    let region = &config.regions[&super::config::region(region)];
+    let bucket = region.store.as_deref()?.trim_start_matches("s3://");
+    Some(list_s3(&region.store_options["endpoint"], bucket).await)
+}
+
+/// Counts, per job, the lines in which a worker reported the job settled.
+fn settled_in_logs(logs: &str, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in logs.lines() {
+        if !(line.contains("job succeeded") || line.contains("job failed")) {
+            continue;
+        }
+        if let Some(id) = job_ids
+            .iter()
+            .find(|id| line.contains(&format!("job_id={id}")))
+        {
+            *counts.entry(id.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+impl Deployment for Embedded {
+    fn name(&self) -> &'static str {
+        "locality up"
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
+        let response = Embedded::upload(self, tenant, key, "", bytes).await;
+        let status = response.status();
+        assert_eq!(status, 201, "upload: {}", response.text().await.unwrap());
+    }
+
+    async fn objects(&self, region: &str) -> Vec<String> {
+        match store_objects(&self.config, region).await {
+            Some(keys) => keys,
+            None => super::files_under(&self.region_dir(region)),
+        }
+    }
+
+    async fn worker_metrics(&self, _region: &str) -> String {
+        let url = format!("{}/metrics", self.base_url);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        self.process.log_text()
+    }
+
+    fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize> {
+        settled_in_logs(&self.logs(), job_ids)
+    }
+}
+
+impl Deployment for Cluster {
+    fn name(&self) -> &'static str {
+        "scheduler and workers over RabbitMQ"
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The scheduler answers 307 with the region's ingest endpoint, and the upload is
+    /// sent there (with the API key again: clients drop credentials on a redirect to
+    /// another host, as they should).
+    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
+        let no_redirects = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let response = no_redirects
+            .put(format!("{}/v1/sources/{key}", self.base_url))
+            .bearer_auth(api_key(tenant))
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("upload request");
+        assert_eq!(
+            response.status(),
+            307,
+            "the scheduler must not take the bytes"
+        );
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        let response = no_redirects
+            .put(location)
+            .bearer_auth(api_key(tenant))
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload request to the region's ingest");
+        let status = response.status();
+        assert_eq!(status, 201, "upload: {}", response.text().await.unwrap());
+    }
+
+    async fn objects(&self, region: &str) -> Vec<String> {
+        store_objects(&self.config, region)
+            .await
+            .expect("every region of a cluster has an S3 store")
+    }
+
+    async fn worker_metrics(&self, region: &str) -> String {
+        let url = format!("http://{}/metrics", self.ingest[region]);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut logs = String::new();
+        for path in self
+            .old_logs
+            .iter()
+            .chain(std::iter::once(&self.scheduler.log))
+            .chain(self.workers.values().map(|w| &w.log))
+        {
+            logs.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        logs
+    }
+
+    /// Results as published on `locality.results`.
+    fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize> {
+        self.results.count_per_job(job_ids)
+    }
+}

@@ -1,0 +1,135 @@
+//! Child processes of the binary under test: stdout read up to a ready line, stderr
+//! to a log file; SIGTERM then SIGKILL on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    pub first_line: String,
+}
+
+impl Process {
+    /// Spawns and waits for a stdout line starting with `ready_prefix`.
+    pub fn spawn(mut command: Command, log: PathBuf, ready_prefix: &str) -> Self {
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("locality binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first_line = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with(ready_prefix) => break line,
+                Some(_) => continue,
+                None => panic!(
+                    "process exited before printing {ready_prefix:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            log,
+            first_line,
+        }
+    }
+
+    /// What follows `prefix` on the ready line, e.g. the address it listens on.
+    pub fn announced(&self, prefix: &str) -> String {
+        let rest = self.first_line.trim_start_matches(prefix);
+        rest.split([',', ' '])
+            .next()
+            .unwrap_or(rest)
+            .trim()
+            .to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        // SAFETY: signalling our own child process by its pid.
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last lines of the log, for a failing test's output.
+    pub fn print_tail(&self, lines: usize) {
+        let text = self.log_text();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        eprintln!("--- last lines of {}:", self.log.display());
+        for line in tail.into_iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.terminate(Duration::from_secs(10)).is_none() {
+            self.kill_now();
+        }
+    }
+}
+
+/// Waits until `base_url/readyz` answers 200.
+pub async fn wait_ready(http: &reqwest::Client, base_url: &str, process: &Process) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http
+            .get(format!("{base_url}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base_url} never became ready; log:\n{}",
+            process.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,191 @@
+//! `locality up`: the scheduler and one worker per configured region in one process.
+//!
+//! The same control core ([`locality_scheduler::Control`]), job loop
+//! ([`locality_worker::serve`]), pipeline and stores run here as in the distributed
+//! mode; only the transport differs: each region's queue is in-process
+//! ([`locality_worker::transport::in_process`]) and workers' events reach the control
+//! core over a channel instead of a broker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use locality_http::ApiError;
+use locality_proto::{Config, JobMessage, RegionId};
+use locality_scheduler::{Control, DispatchError, JobDispatch, Region, SourceStore, Uploads};
+use locality_worker::ingest::{store_failure, store_original};
+use locality_worker::serve::serve;
+use locality_worker::transport::in_process::{in_process_queue, ChannelEvents, InProcessQueue};
+use locality_worker::{RegionStores, StoreError, WorkerContext, WorkerMetrics};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How `locality up` runs its workers.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// One subfolder per region: the local store of every region whose config names no store.
+    pub data_dir: PathBuf,
+    /// Jobs each region's worker runs at once.
+    pub jobs_per_region: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmbeddedError {
+    #[error("opening the store of region {region}: {source}")]
+    Store {
+        region: RegionId,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
+
+/// A region's in-process queue, as the control core's job dispatch.
+struct InProcessDispatch {
+    region: RegionId,
+    queue: InProcessQueue,
+}
+
+impl JobDispatch for InProcessDispatch {
+    fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), DispatchError>> {
+        let result = self.queue.publish(job).map_err(|err| DispatchError {
+            region: self.region.to_string(),
+            reason: err.to_string(),
+        });
+        async move { result }.boxed()
+    }
+
+    fn queue_depth(&self) -> (usize, usize) {
+        self.queue.depth()
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Uploads written straight into the region's stores, as its ingest endpoint would.
+struct StoreUploads(RegionStores);
+
+impl SourceStore for StoreUploads {
+    fn put_original<'a>(
+        &'a self,
+        object_key: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        async move {
+            store_original(&self.0, object_key, body)
+                .await
+                .map_err(store_failure)
+        }
+        .boxed()
+    }
+}
+
+/// Where one region's data lives, for people, and its queue.
+#[derive(Clone)]
+pub struct RegionInfo {
+    pub region: RegionId,
+    pub description: String,
+    pub data: String,
+    pub queue: InProcessQueue,
+}
+
+/// The running scheduler and workers.
+pub struct Embedded {
+    pub control: Arc<Control>,
+    pub registry: prometheus::Registry,
+    pub regions: Vec<RegionInfo>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn region_data(config: &Config, region: &RegionId, data_dir: &Path) -> String {
+    match &config.regions[region].store {
+        Some(url) => url.clone(),
+        None => data_dir.join(region.as_str()).display().to_string(),
+    }
+}
+
+impl Embedded {
+    /// Opens every region's store and starts its worker; the workers stop taking work
+    /// at `shutdown` and finish what they run.
+    pub fn start(
+        config: Arc<Config>,
+        options: &Options,
+        cpu_pool: Arc<rayon::ThreadPool>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EmbeddedError> {
+        let registry = prometheus::Registry::new();
+        locality_http::register_build_info(&registry);
+        let worker_metrics = WorkerMetrics::register(&registry);
+        let (events, mut events_rx) = mpsc::unbounded_channel();
+        let mut regions = BTreeMap::new();
+        let mut infos = Vec::new();
+        let mut tasks = Vec::new();
+        for region in config.regions.keys() {
+            let stores = RegionStores::open(&config, region, None, Some(&options.data_dir))
+                .map_err(|source| EmbeddedError::Store {
+                    region: region.clone(),
+                    source: Box::new(source),
+                })?;
+            let (queue, source) = in_process_queue();
+            let context = Arc::new(WorkerContext::new(
+                stores.clone(),
+                config.limits,
+                cpu_pool.clone(),
+                &worker_metrics,
+            ));
+            let sink = Arc::new(ChannelEvents(events.clone()));
+            let (slots, stop) = (options.jobs_per_region, shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                serve(context, source, sink, slots, stop).await;
+            }));
+            let dispatch = Arc::new(InProcessDispatch {
+                region: region.clone(),
+                queue: queue.clone(),
+            });
+            let uploads = Uploads::Store(Arc::new(StoreUploads(stores)));
+            regions.insert(region.clone(), Region { dispatch, uploads });
+            infos.push(RegionInfo {
+                region: region.clone(),
+                description: config.regions[region].description.clone(),
+                data: region_data(&config, region, &options.data_dir),
+                queue,
+            });
+        }
+        drop(events);
+
+        let control = Arc::new(Control::new(config, regions, &registry));
+        let recorder = control.clone();
+        // Ends when every worker (and so every event sender) has stopped.
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                recorder.record_event(event);
+            }
+        }));
+        Ok(Self {
+            control,
+            registry,
+            regions: infos,
+            tasks,
+        })
+    }
+
+    /// The HTTP API of the embedded scheduler.
+    pub fn router(&self) -> axum::Router {
+        locality_scheduler::http::router(self.control.clone(), self.registry.clone())
+    }
+
+    /// Waits until the workers have finished their jobs in flight (after `shutdown`).
+    pub async fn finish(self) {
+        for task in self.tasks {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "a task of the embedded mode failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! HTTP pieces both of Locality's doors share: the scheduler's API and a region's
+//! ingest endpoint. Errors are `{"error": {"code": ..., "message": ...}}` with a
+//! stable [`ErrorCode`] whose status is the code's own.
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use locality_proto::keys::AssetLocation;
+use locality_proto::validate::{asset_location, resolve_region};
+use locality_proto::{Config, ErrorCode, Refusal, RegionId, TenantId};
+use serde::Deserialize;
+use serde_json::json;
+
+/// An error answer with a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.code.http_status() {
+            // A job-failure code sent as an HTTP error: the server failed.
+            200 => StatusCode::INTERNAL_SERVER_ERROR,
+            status => StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        ApiError::new(refusal.code(), refusal.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+/// The tenant whose API key is in `Authorization: Bearer API_KEY`.
+pub fn authenticate(config: &Config, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    let unauthorised = |message: &str| ApiError::new(ErrorCode::Unauthorised, message);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorised("missing Authorization: Bearer API_KEY header"))?
+        .to_str()
+        .map_err(|_| unauthorised("Authorization header is not text"))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthorised("Authorization header must be 'Bearer API_KEY'"))?;
+    config
+        .tenant_for_api_key(key.trim())
+        .cloned()
+        .ok_or_else(|| unauthorised("unknown API key"))
+}
+
+/// The query of `PUT /v1/sources/{key}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceQuery {
+    pub region: Option<String>,
+    pub subject: Option<String>,
+    pub asset: Option<String>,
+}
+
+/// Where an upload of `key` for `tenant` goes: the region and the asset.
+pub fn upload_location(
+    config: &Config,
+    tenant: &TenantId,
+    key: &str,
+    query: &SourceQuery,
+) -> Result<(RegionId, AssetLocation), Refusal> {
+    let region = resolve_region(config, tenant, query.region.as_deref())?;
+    let location = asset_location(
+        tenant,
+        key,
+        query.subject.as_deref(),
+        query.asset.as_deref(),
+    )?;
+    Ok((region, location))
+}
+
+/// The 201 answer to a stored upload, the same from the scheduler (embedded) and a
+/// region's ingest endpoint.
+pub fn upload_created(
+    key: &str,
+    region: &RegionId,
+    object_key: &str,
+    location: &AssetLocation,
+    bytes: usize,
+) -> Response {
+    let body = json!({
+        "key": key,
+        "region": region,
+        "object_key": object_key,
+        "subject": location.subject,
+        "asset": location.asset,
+        "bytes": bytes,
+    });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// `/metrics`: the registry in Prometheus' text format.
+pub fn metrics_response(registry: &prometheus::Registry) -> Response {
+    match prometheus::TextEncoder::new().encode_to_string(&registry.gather()) {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(err) => ApiError::new(ErrorCode::InternalError, err.to_string()).into_response(),
+    }
+}
+
+/// Registers `locality_build_info{version}` (always 1) in a process's registry.
+pub fn register_build_info(registry: &prometheus::Registry) {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "locality_build_info",
+            "The running build of Locality (always 1)",
+        ),
+        &["version"],
+    )
+    .expect("valid metric");
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry
+        .register(Box::new(info))
+        .expect("build info is registered once per registry");
+}

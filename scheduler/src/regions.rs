@@ -1,0 +1,55 @@
+//! How the control plane reaches a region, as two separate seams: job dispatch (an
+//! in-process queue, or the region's broker) and uploads of originals (written by
+//! the embedded process itself, or redirected to the region's ingest endpoint).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use locality_http::ApiError;
+use locality_proto::JobMessage;
+
+#[derive(Debug, thiserror::Error)]
+#[error("region {region} is unavailable: {reason}")]
+pub struct DispatchError {
+    pub region: String,
+    pub reason: String,
+}
+
+/// Sends jobs to a region's workers.
+pub trait JobDispatch: Send + Sync + 'static {
+    /// Enqueues a job on the region's queue; returns once the queue holds it.
+    fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), DispatchError>>;
+    /// Jobs waiting in the region's queues: (interactive, batch).
+    fn queue_depth(&self) -> (usize, usize);
+    /// Whether the region can take work now.
+    fn is_ready(&self) -> bool;
+}
+
+/// Writes originals into a region's store, for the one-process embedded mode.
+pub trait SourceStore: Send + Sync + 'static {
+    fn put_original<'a>(
+        &'a self,
+        object_key: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// Where originals for a region go.
+#[derive(Clone)]
+pub enum Uploads {
+    /// Written by this process into the region's store (`locality up`).
+    Store(Arc<dyn SourceStore>),
+    /// Never through the control plane: 307 to the region's ingest endpoint.
+    Redirect { ingest_url: String },
+    /// The distributed mode without `regions.ID.ingest_url`: originals are written to
+    /// the region's store by the upload pipeline itself.
+    InRegionOnly,
+}
+
+/// A region as the control plane sees it.
+#[derive(Clone)]
+pub struct Region {
+    pub dispatch: Arc<dyn JobDispatch>,
+    pub uploads: Uploads,
+}

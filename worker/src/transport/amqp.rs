@@ -1,0 +1,303 @@
+//! The RabbitMQ transport of `locality worker`: the region's quorum queues on the
+//! region's own vhost.
+//!
+//! Settling: ack after the result is confirmed; a retry publishes a copy with
+//! `locality-attempt` raised to `locality.retry` (it expires back into the job queue
+//! after its backoff) and then acks the original; dead-lettering rejects into
+//! `locality.dead.REGION`. Locality never requeues a job to retry it, so the broker's
+//! `x-delivery-count` counts only deliveries whose worker went away holding them.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery as AmqpMessage;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use locality_broker::publish::own_headers;
+use locality_broker::{
+    confirm_channel, json_properties, number_header, publish_confirmed, settle, text_header,
+    with_number_header, BrokerError, Link,
+};
+use locality_proto::topology::{
+    jobs_queue, ATTEMPT_HEADER, CONTENT_TYPE, DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE,
+    RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
+};
+use locality_proto::{JobEvent, JobMessage, Priority, RegionId, TenantId, ENVELOPE_VERSION};
+use tokio_util::sync::CancellationToken;
+
+use crate::job::WorkerContext;
+use crate::serve::{
+    serve, Delivery, Ended, EventSink, Incoming, JobSource, Received, TransportError, Unreadable,
+};
+
+/// Consumes until `shutdown`, reconnecting when the broker goes away. `slots` jobs run
+/// at once, which is also each priority queue's prefetch: a worker never holds more
+/// work than it can start soon. On shutdown: stop consuming, finish and settle the jobs
+/// in flight, close the connection.
+pub async fn run_amqp(
+    context: Arc<WorkerContext>,
+    url: String,
+    slots: usize,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let name = format!("locality-worker-{}", context.region());
+    let slots = slots.max(1);
+    locality_broker::supervise(
+        url,
+        name,
+        connected,
+        shutdown.clone(),
+        |connection, link| session(context.clone(), connection, slots, link, shutdown.clone()),
+    )
+    .await;
+}
+
+async fn session(
+    context: Arc<WorkerContext>,
+    connection: Arc<Connection>,
+    slots: usize,
+    link: Link,
+    shutdown: CancellationToken,
+) -> Result<(), BrokerError> {
+    let region = context.region().clone();
+    let setup = connection.create_channel().await?;
+    locality_broker::topology::declare_region(&setup, &region, context.limits.delivery_limit)
+        .await?;
+    let events = Arc::new(AmqpEvents(confirm_channel(&connection).await?));
+    let retries = confirm_channel(&connection).await?;
+    let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
+    let (interactive_channel, interactive) =
+        consumer(&connection, &region, Priority::Interactive, prefetch).await?;
+    let (batch_channel, batch) = consumer(&connection, &region, Priority::Batch, prefetch).await?;
+    tracing::info!(%region, slots, "worker consuming");
+    link.ready();
+
+    let source = AmqpSource {
+        region: region.clone(),
+        interactive,
+        batch,
+        channels: [interactive_channel.clone(), batch_channel.clone()],
+        retries: retries.clone(),
+        lost: link.lost.clone(),
+    };
+    let ended = serve(context, source, events.clone(), slots, shutdown).await;
+    for channel in [
+        &interactive_channel,
+        &batch_channel,
+        &events.0,
+        &retries,
+        &setup,
+    ] {
+        settle::close_channel(channel, "worker stopping").await;
+    }
+    match ended {
+        Ended::Shutdown => Ok(()),
+        Ended::SourceLost => Err(BrokerError::ConnectionLost),
+    }
+}
+
+async fn consumer(
+    connection: &Connection,
+    region: &RegionId,
+    priority: Priority,
+    prefetch: u16,
+) -> Result<(Channel, Consumer), BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            jobs_queue(region, priority).as_str().into(),
+            format!("locality-worker-{region}-{}", priority.as_str())
+                .as_str()
+                .into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// The region's two priority queues.
+struct AmqpSource {
+    region: RegionId,
+    interactive: Consumer,
+    batch: Consumer,
+    channels: [Channel; 2],
+    retries: Channel,
+    lost: CancellationToken,
+}
+
+impl JobSource for AmqpSource {
+    type Delivery = AmqpDelivery;
+
+    async fn next(&mut self) -> Option<Incoming<AmqpDelivery>> {
+        // Interactive first at every pick: batch work never delays a waiting person.
+        let delivery = tokio::select! {
+            biased;
+            _ = self.lost.cancelled() => return None,
+            Some(delivery) = self.interactive.next() => delivery,
+            Some(delivery) = self.batch.next() => delivery,
+            else => return None,
+        };
+        let message = match delivery {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(region = %self.region, error = %err, "consumer failed");
+                return None;
+            }
+        };
+        let properties = &message.properties;
+        let count = |name: &str| {
+            number_header(properties, name)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        Some(Incoming {
+            received: read_job(&message),
+            attempt: count(ATTEMPT_HEADER).max(1),
+            returned_unsettled: count(DELIVERY_COUNT_HEADER),
+            delivery: AmqpDelivery {
+                message,
+                retries: self.retries.clone(),
+            },
+        })
+    }
+
+    async fn stop(&mut self) {
+        // Messages prefetched but not started go back to the queue when the channels close.
+        for (channel, consumer) in self.channels.iter().zip([&self.interactive, &self.batch]) {
+            if let Err(err) = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await
+            {
+                tracing::debug!(error = %err, "cancelling a consumer failed (its channel is gone)");
+            }
+        }
+    }
+}
+
+/// A message from a job queue, and the channel its retry copy is published on.
+struct AmqpDelivery {
+    message: AmqpMessage,
+    retries: Channel,
+}
+
+impl AmqpDelivery {
+    fn describe(&self) -> String {
+        match self.message.properties.message_id() {
+            Some(id) => format!("job message {id}"),
+            None => "job message".to_string(),
+        }
+    }
+}
+
+fn settled(ok: bool) -> Result<(), TransportError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TransportError::Closed)
+    }
+}
+
+impl Delivery for AmqpDelivery {
+    async fn ack(self) -> Result<(), TransportError> {
+        settled(settle::ack(&self.message, &self.describe()).await)
+    }
+
+    async fn retry(self, attempt: u32, delay: Duration) -> Result<(), TransportError> {
+        let original = &self.message.properties;
+        let mut properties = original.clone().with_headers(own_headers(original));
+        properties = with_number_header(properties, ATTEMPT_HEADER, i64::from(attempt) + 1)
+            .with_expiration(delay.as_millis().to_string().as_str().into());
+        let published = publish_confirmed(
+            &self.retries,
+            RETRY_EXCHANGE,
+            self.message.routing_key.as_str(),
+            &self.message.data,
+            properties,
+        )
+        .await;
+        match published {
+            Ok(()) => self.ack().await,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not publish a retry; the job goes back as it is");
+                self.release().await?;
+                Err(err.into())
+            }
+        }
+    }
+
+    async fn dead_letter(self) -> Result<(), TransportError> {
+        settled(settle::dead_letter(&self.message, &self.describe()).await)
+    }
+
+    async fn release(self) -> Result<(), TransportError> {
+        settled(settle::requeue(&self.message, &self.describe()).await)
+    }
+}
+
+/// Job events on the region's `locality.events`, confirmed by the broker.
+struct AmqpEvents(Channel);
+
+impl EventSink for AmqpEvents {
+    async fn publish(&self, event: JobEvent) -> Result<(), TransportError> {
+        let payload = serde_json::to_vec(&event).expect("events serialise");
+        let published = publish_confirmed(
+            &self.0,
+            EVENTS_EXCHANGE,
+            "",
+            &payload,
+            json_properties(ENVELOPE_VERSION),
+        )
+        .await;
+        if let Err(err) = &published {
+            tracing::warn!(error = %err, "could not publish a job event");
+        }
+        Ok(published?)
+    }
+}
+
+/// The job in a delivery, or why it cannot be read.
+fn read_job(message: &AmqpMessage) -> Received {
+    let properties = &message.properties;
+    let unreadable = |reason: String| {
+        Received::Unreadable(Unreadable {
+            reason,
+            tenant: text_header(properties, TENANT_HEADER).and_then(|t| TenantId::new(t).ok()),
+            job_id: properties
+                .message_id()
+                .as_ref()
+                .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok()),
+            correlation_id: properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+        })
+    };
+    match properties.content_type().as_ref().map(|t| t.as_str()) {
+        Some(CONTENT_TYPE) => {}
+        other => return unreadable(format!("content type {other:?} is not {CONTENT_TYPE:?}")),
+    }
+    match number_header(properties, SCHEMA_HEADER) {
+        Some(version) if version == i64::from(ENVELOPE_VERSION) => {}
+        Some(version) => {
+            return unreadable(format!(
+                "schema version {version} is not supported (this worker reads {ENVELOPE_VERSION})"
+            ))
+        }
+        None => return unreadable(format!("the {SCHEMA_HEADER} header is missing")),
+    }
+    match serde_json::from_slice::<JobMessage>(&message.data) {
+        Ok(job) if job.v == ENVELOPE_VERSION => Received::Job(Box::new(job)),
+        Ok(job) => unreadable(format!("job message version {} is not supported", job.v)),
+        Err(err) => unreadable(format!(
+            "the body is not a v{ENVELOPE_VERSION} job message: {err}"
+        )),
+    }
+}
