@@ -34,9 +34,15 @@ env | grep '^RABBITMQ_' | sed 's/^/export /' > "$base/env.sh"
 # ourselves so the node uses our directories and our Erlang cookie.
 RMQ_BIN=/usr/lib/rabbitmq/bin
 echo "export PATH=$RMQ_BIN:\$PATH" >> "$base/env.sh"
+# The broker starts the Erlang port mapper (epmd) if none runs; then it is ours to stop.
+epmd_was_running=$(pgrep -x epmd >/dev/null && echo yes || echo no)
 "$RMQ_BIN/rabbitmq-server" -detached >&2
 "$RMQ_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" wait --timeout 60 "$RABBITMQ_PID_FILE" >&2
 cat "$RABBITMQ_PID_FILE" > "$STATE_DIR/rabbitmq.pid"
+if [ "$epmd_was_running" = no ]; then
+  # Stopped after the broker (services-down.sh goes through PID files in name order).
+  pgrep -x -n epmd > "$STATE_DIR/zz-epmd.pid" || true
+fi
 ctl() { "$RMQ_BIN/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@" >&2; }
 ctl add_user locality-admin admin-secret
 ctl set_user_tags locality-admin administrator

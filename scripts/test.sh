@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, starts the services the tests
 # need on loopback (one S3-compatible server per region, a RabbitMQ broker with
-# one vhost and user per region), runs every test, and stops what it started.
+# one vhost and user per region, a PostgreSQL server), runs every test, and stops
+# what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-deps.sh
@@ -17,4 +18,5 @@ fi
 export LOCALITY_TEST_S3S_FS="$S3S_ROOT/bin/s3s-fs"
 eval "$(scripts/s3-up.sh "$STATE_DIR")"
 eval "$(scripts/rabbitmq-up.sh "$STATE_DIR")"
+eval "$(scripts/postgres-up.sh "$STATE_DIR")"
 cargo test --workspace --all-targets "$@"

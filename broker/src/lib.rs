@@ -60,7 +60,7 @@ pub fn redact(url: &str) -> String {
             parsed.to_string()
         }
         Ok(parsed) => parsed.to_string(),
-        Err(_) => "(unparseable AMQP URL)".to_string(),
+        Err(_) => "(unparseable URL)".to_string(),
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use locality_proto::{Config, RegionConfig, RegionId};
-use locality_scheduler::amqp::AmqpRegion;
-use locality_scheduler::{Control, Region, Uploads};
+use locality_scheduler::amqp::{AmqpRegion, AmqpResults};
+use locality_scheduler::{Control, JobStore, Region, Uploads};
 use locality_worker::ingest::IngestState;
 use locality_worker::transport::amqp::run_amqp;
 use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
@@ -57,6 +57,14 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         .amqp_url
         .clone()
         .context("scheduler.amqp_url is required by `locality scheduler`")?;
+    let database_url = config
+        .scheduler
+        .database_url
+        .clone()
+        .context("scheduler.database_url (PostgreSQL) is required by `locality scheduler`")?;
+    let store = JobStore::open(&database_url)
+        .await
+        .context("opening the control store")?;
     let mut links = Vec::new();
     let mut regions: BTreeMap<RegionId, Region> = BTreeMap::new();
     for (id, region) in &config.regions {
@@ -86,17 +94,24 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
     let registry = prometheus::Registry::new();
     locality_http::register_build_info(&registry);
     let connected = Arc::new(AtomicBool::new(false));
+    let results = AmqpResults::default();
     let control = Arc::new(
-        Control::new(Arc::new(config), regions, &registry)
-            .with_link("scheduler-broker", connected.clone()),
+        Control::new(Arc::new(config), regions, store, &registry)
+            .with_link("scheduler-broker", connected.clone())
+            .with_results(Arc::new(results.clone())),
     );
     let broker = tokio::spawn(locality_scheduler::amqp::run(
         control.clone(),
         scheduler_url,
         connected,
         links,
+        results,
         shutdown.clone(),
     ));
+    let background = tokio::spawn({
+        let (control, shutdown) = (control.clone(), shutdown.clone());
+        async move { control.run_background(shutdown).await }
+    });
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -113,6 +128,9 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
     .await
     .context("serving HTTP")?;
     broker.await.context("the broker links failed")?;
+    background
+        .await
+        .context("the background dispatcher failed")?;
     println!("locality scheduler: stopped");
     Ok(())
 }

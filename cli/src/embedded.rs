@@ -41,7 +41,7 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
         data_dir: args.data_dir,
         jobs_per_region: args.jobs_per_region,
     };
-    let embedded = Embedded::start(Arc::new(config), &options, cpu_pool, shutdown.clone())?;
+    let embedded = Embedded::start(Arc::new(config), &options, cpu_pool, shutdown.clone()).await?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -320,29 +320,46 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         json_with(2),
     )
     .await;
-    let malformed = cluster
-        .results
-        .wait_until(
-            "two malformed-message results",
-            Duration::from_secs(60),
-            |seen| {
-                seen.iter()
-                    .filter(|s| {
-                        s.result
-                            .error
-                            .as_ref()
-                            .is_some_and(|e| e.code.as_str() == "malformed_message")
-                    })
-                    .count()
-                    >= 2
-            },
-        )
-        .await;
-    for seen in malformed.iter().filter(|s| s.result.error.is_some()) {
-        assert_eq!(seen.result.outcome, JobOutcome::Failed);
-        assert_eq!(seen.routing_key, "demo-eu.failed");
-        assert!(seen.result.dead_lettered, "{seen:?}");
+    // Both are dead-lettered by the worker; its failed reports name no job the
+    // control plane routed, so the scheduler relays neither (a hostile publisher with
+    // the region's credentials cannot make results appear).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scheduler = cluster
+            .http
+            .get(format!("{}/metrics", cluster.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let not_relayed = metric_sum(
+            &scheduler,
+            "locality_requests_refused_total",
+            &[("code", "result_not_routed")],
+        );
+        if not_relayed >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's reports never reached the scheduler"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(broker.queue_length("eu", &dead_letter_queue(&eu)).await, 2);
+    assert!(
+        cluster.results.published().is_empty(),
+        "a result for a message nobody routed was relayed"
+    );
+    let worker_log = cluster.workers["eu"].log_text();
+    assert_eq!(
+        worker_log
+            .matches("unreadable job message: dead-lettered")
+            .count(),
+        2
+    );
 
     // 3. A job that fails on every attempt: dead-lettered after the limit of 3.
     let job_id = cluster

@@ -15,7 +15,10 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use locality_http::ApiError;
 use locality_proto::{Config, JobMessage, RegionId};
-use locality_scheduler::{Control, DispatchError, JobDispatch, Region, SourceStore, Uploads};
+use locality_scheduler::store::StoreError as ControlStoreError;
+use locality_scheduler::{
+    Control, DispatchError, JobDispatch, JobStore, Region, SourceStore, Uploads,
+};
 use locality_worker::ingest::{store_failure, store_original};
 use locality_worker::serve::serve;
 use locality_worker::transport::in_process::{in_process_queue, ChannelEvents, InProcessQueue};
@@ -42,6 +45,8 @@ pub enum EmbeddedError {
         #[source]
         source: Box<StoreError>,
     },
+    #[error("the control store in the data directory: {0}")]
+    ControlStore(#[from] Box<ControlStoreError>),
 }
 
 /// A region's in-process queue, as the control core's job dispatch.
@@ -111,14 +116,26 @@ fn region_data(config: &Config, region: &RegionId, data_dir: &Path) -> String {
 }
 
 impl Embedded {
-    /// Opens every region's store and starts its worker; the workers stop taking work
-    /// at `shutdown` and finish what they run.
-    pub fn start(
+    /// Opens the control store (SQLite in the data directory) and every region's store,
+    /// starts the workers, and sends again every job accepted before the last stop that
+    /// did not finish. The workers stop taking work at `shutdown` and finish what they run.
+    pub async fn start(
         config: Arc<Config>,
         options: &Options,
         cpu_pool: Arc<rayon::ThreadPool>,
         shutdown: CancellationToken,
     ) -> Result<Self, EmbeddedError> {
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+            EmbeddedError::ControlStore(Box::new(ControlStoreError::Corrupt {
+                what: "data directory",
+                reason: format!("{}: {e}", options.data_dir.display()),
+            }))
+        })?;
+        let database = format!(
+            "sqlite://{}?mode=rwc",
+            options.data_dir.join("control.sqlite").display()
+        );
+        let store = JobStore::open(&database).await.map_err(Box::new)?;
         let registry = prometheus::Registry::new();
         locality_http::register_build_info(&registry);
         let worker_metrics = WorkerMetrics::register(&registry);
@@ -159,13 +176,27 @@ impl Embedded {
         }
         drop(events);
 
-        let control = Arc::new(Control::new(config, regions, &registry));
+        let control = Arc::new(Control::new(config, regions, store, &registry));
+        let requeued = control.requeue_unfinished().await.map_err(Box::new)?;
+        if requeued > 0 {
+            tracing::info!(
+                jobs = requeued,
+                "jobs accepted before the last stop are queued again"
+            );
+        }
         let recorder = control.clone();
         // Ends when every worker (and so every event sender) has stopped.
         tasks.push(tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
-                recorder.record_event(event);
+                while let Err(err) = recorder.record_event(&event).await {
+                    tracing::warn!(error = %err, "could not record a job event; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
             }
+        }));
+        let background = control.clone();
+        tasks.push(tokio::spawn(async move {
+            background.run_background(shutdown).await;
         }));
         Ok(Self {
             control,

@@ -22,6 +22,32 @@ pub struct Config {
     pub tenants: BTreeMap<TenantId, TenantConfig>,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+/// How the control plane keeps job records.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Days a job record (status, outputs' keys, error, timings, client IP pseudonym)
+    /// and its idempotency key are kept.
+    pub retention_days: u32,
+    /// Seconds an accepted job may wait for its region to be reachable before it fails
+    /// with `region_unavailable`.
+    pub dispatch_deadline_seconds: u64,
+    /// Seconds between sweeps of expired job records.
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            dispatch_deadline_seconds: 3600,
+            sweep_interval_seconds: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +63,10 @@ pub struct SchedulerConfig {
     /// and `locality.results` live here. Example: `amqp://user:pass@host:5672/scheduler`.
     #[serde(default)]
     pub amqp_url: Option<String>,
+    /// The control store of the distributed mode, shared by every scheduler:
+    /// `postgres://user:pass@host:5432/locality`. `locality up` uses SQLite in its data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -56,6 +86,7 @@ impl Default for SchedulerConfig {
             listen: default_listen(),
             pseudonymisation_key: default_pseudonymisation_key(),
             amqp_url: None,
+            database_url: None,
         }
     }
 }
@@ -289,6 +320,12 @@ impl Config {
         }
         if self.limits.max_source_pixels == 0 || self.limits.worker_pixel_budget == 0 {
             return Err(invalid("limits", "pixel limits must be positive"));
+        }
+        if self.jobs.retention_days == 0 {
+            return Err(invalid("jobs.retention_days", "must be at least 1"));
+        }
+        if self.jobs.sweep_interval_seconds == 0 {
+            return Err(invalid("jobs.sweep_interval_seconds", "must be at least 1"));
         }
         if self.limits.delivery_limit == 0 || self.limits.store_attempts == 0 {
             return Err(invalid(

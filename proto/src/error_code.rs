@@ -74,8 +74,12 @@ error_codes! {
     JobNotFound = "job_not_found", http 404, Abort;
     /// Uploads for this region go to the region's own ingest endpoint, and none is configured.
     UploadInRegion = "upload_in_region", http 409, Abort;
-    /// The region cannot take work now; try again.
+    /// An idempotency key used before with another envelope.
+    IdempotencyConflict = "idempotency_conflict", http 409, Abort;
+    /// The region cannot take work now, or could not be reached before the job's deadline.
     RegionUnavailable = "region_unavailable", http 503, Retry;
+    /// The control plane cannot record the request now (its store is unreachable); try again.
+    ServiceUnavailable = "service_unavailable", http 503, Retry;
 
     // Job failures, in a job's status and result.
     /// The source is not a JPEG, PNG, WebP or GIF.
@@ -106,6 +110,9 @@ error_codes! {
     MalformedMessage = "malformed_message", http 200, Abort;
     /// The job was delivered more often than `limits.delivery_limit` without finishing: dead-lettered.
     DeliveryLimitReached = "delivery_limit_reached", http 200, Abort;
+    /// A worker's report on a job the control plane did not route that way (unknown id,
+    /// another region or tenant, outputs not asked for): counted, never relayed.
+    ResultNotRouted = "result_not_routed", http 200, Abort;
 }
 
 impl fmt::Display for ErrorCode {
@@ -136,6 +143,13 @@ mod tests {
             .filter(|c| c.recovery() == Recovery::Retry)
             .map(|c| c.as_str())
             .collect();
-        assert_eq!(retried, ["region_unavailable", "store_unavailable"]);
+        assert_eq!(
+            retried,
+            [
+                "region_unavailable",
+                "service_unavailable",
+                "store_unavailable"
+            ]
+        );
     }
 }

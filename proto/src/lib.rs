@@ -23,7 +23,7 @@ pub mod result;
 pub mod topology;
 pub mod validate;
 
-pub use config::{Config, ConfigError, RegionConfig, TenantConfig, TenantStore};
+pub use config::{Config, ConfigError, JobsConfig, RegionConfig, TenantConfig, TenantStore};
 pub use envelope::{
     Fit, ImageFormat, JobEnvelope, JobMessage, OutputSpec, Priority, SourceRef, ENVELOPE_VERSION,
 };

@@ -131,6 +131,19 @@ impl JobResult {
         }
     }
 
+    /// Whether this result can be a report on `routed`: the same job, region and tenant,
+    /// and only outputs the job asked for, in its region. The scheduler relays nothing
+    /// else (a forged or misrouted report).
+    pub fn reports_on(&self, routed: &crate::envelope::JobMessage) -> bool {
+        self.job_id == routed.job_id
+            && self.region == routed.region
+            && self.tenant == routed.tenant
+            && self.outputs.iter().all(|output| {
+                output.region == routed.region
+                    && routed.outputs.iter().any(|asked| asked.key == output.key)
+            })
+    }
+
     /// Routing key on `locality.results`: `TENANT.OUTCOME`.
     pub fn routing_key(&self) -> String {
         format!("{}.{}", self.tenant, self.outcome.as_str())

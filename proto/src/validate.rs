@@ -179,6 +179,17 @@ pub fn asset_location(
 }
 
 impl JobEnvelope {
+    /// SHA-256 (hex) of the envelope without its client IP: tells a resubmission under
+    /// the same idempotency key apart from another request. The IP is left out so the
+    /// stored fingerprint can never be searched for an address.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut envelope = self.clone();
+        envelope.client_ip = None;
+        let canonical = serde_json::to_vec(&envelope).expect("envelopes serialise");
+        hex::encode(Sha256::digest(canonical))
+    }
+
     /// Parses JSON into an envelope; a malformed one is refused with serde's reason.
     pub fn from_json(bytes: &[u8]) -> Result<Self, Refusal> {
         #[derive(serde::Deserialize)]

@@ -1,10 +1,14 @@
-//! The scheduler over RabbitMQ: one link to its own vhost (`locality.submit` in,
+//! The scheduler's broker door: one link to its own vhost (`locality.submit` in,
 //! `locality.results` out) and one link per region (jobs out, job events in).
 //!
-//! Nothing is acked before what it caused is confirmed by the broker: a submission
-//! after its job is on the region's queue, a worker's event after its result is on
-//! `locality.results`.
+//! Nothing is acked before what it caused is safe: a submission once its job is in the
+//! control store, a worker's event once its result is recorded and, the first time,
+//! published to `locality.results`. Deliveries are handled concurrently, and one that
+//! cannot be handled now (the store or the results exchange is unreachable) is tried
+//! again in place with backoff rather than requeued, so nothing depends on how a broker
+//! version counts requeues.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +18,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use locality_broker::{
     confirm_channel, json_properties, publish_confirmed, settle, short, text_header,
     with_text_header, BrokerError, Link,
@@ -27,9 +31,10 @@ use locality_proto::{
     ErrorCode, JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId,
     TenantId, ENVELOPE_VERSION,
 };
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{Control, SubmitError};
+use crate::control::{Control, ResultSink, SubmitError};
 use crate::regions::{DispatchError, JobDispatch};
 
 /// A confirm-mode channel that is replaced on every reconnect; empty while disconnected.
@@ -47,6 +52,41 @@ impl PublishSlot {
             .expect("slot lock")
             .clone()
             .ok_or(BrokerError::NotConnected)
+    }
+}
+
+/// `locality.results` on the scheduler's vhost, as the control core's result sink.
+#[derive(Clone, Default)]
+pub struct AmqpResults(PublishSlot);
+
+impl AmqpResults {
+    async fn publish_now(&self, result: &JobResult) -> Result<(), BrokerError> {
+        let channel = self.0.get()?;
+        let payload = serde_json::to_vec(result).expect("results serialise");
+        let properties = job_properties(
+            &result.tenant,
+            &result.job_id,
+            result.correlation_id.as_deref(),
+        );
+        // Unroutable is fine here: nobody has to listen to results.
+        match publish_confirmed(
+            &channel,
+            RESULTS_EXCHANGE,
+            &result.routing_key(),
+            &payload,
+            properties,
+        )
+        .await
+        {
+            Err(BrokerError::Unroutable { .. }) | Ok(()) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl ResultSink for AmqpResults {
+    fn publish<'a>(&'a self, result: &'a JobResult) -> BoxFuture<'a, Result<(), String>> {
+        async move { self.publish_now(result).await.map_err(|e| e.to_string()) }.boxed()
     }
 }
 
@@ -129,23 +169,25 @@ fn job_properties(
     }
 }
 
-/// How long a message waits before going back to its queue when the other side of
-/// the relay is down, so a broker outage does not turn into a redelivery storm.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 const DEPTH_POLL: Duration = Duration::from_secs(2);
+/// Deliveries handled at once per consumer (also its prefetch).
+const CONCURRENT_DELIVERIES: u16 = 32;
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs the scheduler's broker links until `shutdown`: its own vhost and every region's.
+/// `results` is the sink the control core publishes through (see [`Control::with_results`]).
 pub async fn run(
-    state: Arc<Control>,
+    control: Arc<Control>,
     scheduler_url: String,
     scheduler_connected: Arc<AtomicBool>,
     regions: Vec<Arc<AmqpRegion>>,
+    results: AmqpResults,
     shutdown: CancellationToken,
 ) {
-    let results = PublishSlot::default();
-    let mut links = tokio::task::JoinSet::new();
+    let mut links = JoinSet::new();
     for region in regions {
-        let (state, results, shutdown) = (state.clone(), results.clone(), shutdown.clone());
+        let (control, shutdown) = (control.clone(), shutdown.clone());
         links.spawn(async move {
             let name = format!("locality-scheduler-{}", region.region);
             locality_broker::supervise(
@@ -155,9 +197,8 @@ pub async fn run(
                 shutdown.clone(),
                 |connection, link| {
                     region_session(
-                        state.clone(),
+                        control.clone(),
                         region.clone(),
-                        results.clone(),
                         connection,
                         link,
                         shutdown.clone(),
@@ -174,7 +215,7 @@ pub async fn run(
         shutdown.clone(),
         |connection, link| {
             scheduler_session(
-                state.clone(),
+                control.clone(),
                 results.clone(),
                 connection,
                 link,
@@ -186,10 +227,94 @@ pub async fn run(
     while links.join_next().await.is_some() {}
 }
 
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    consumer_tag: &str,
+) -> Result<(Channel, Consumer), BrokerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(CONCURRENT_DELIVERIES, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Hands each delivery of `consumer` to `handle` (at most the prefetch at once) until
+/// shutdown or until the connection is lost, then waits for the handlers.
+async fn deliveries<F, Fut>(
+    mut consumer: Consumer,
+    link: &Link,
+    shutdown: &CancellationToken,
+    mut handle: F,
+) -> Result<(), BrokerError>
+where
+    F: FnMut(Delivery) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut handlers = JoinSet::new();
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    handlers.spawn(handle(delivery));
+                    while handlers.try_join_next().is_some() {}
+                }
+                Some(Err(err)) => break Err(err.into()),
+                None => break Err(BrokerError::ConnectionLost),
+            },
+        }
+    };
+    while handlers.join_next().await.is_some() {}
+    outcome
+}
+
+/// Waits `delay` before another try and doubles it; `false` if shutdown came first.
+async fn back_off(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => return false,
+        _ = tokio::time::sleep(*delay) => {}
+    }
+    *delay = (*delay * 2).min(MAX_RETRY);
+    true
+}
+
+/// Runs `attempt` until it succeeds, backing off between tries, or until `shutdown`
+/// (then `false`: the caller gives the delivery back).
+async fn until_done<E: std::fmt::Display, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut attempt: impl FnMut() -> Fut,
+) -> bool
+where
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut delay = FIRST_RETRY;
+    loop {
+        match attempt().await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(error = %err, what, ?delay, "cannot settle a delivery yet; trying again");
+            }
+        }
+        if !back_off(&mut delay, shutdown).await {
+            return false;
+        }
+    }
+}
+
 async fn region_session(
-    state: Arc<Control>,
+    control: Arc<Control>,
     region: Arc<AmqpRegion>,
-    results: PublishSlot,
     connection: Arc<Connection>,
     link: Link,
     shutdown: CancellationToken,
@@ -198,57 +323,74 @@ async fn region_session(
     locality_broker::topology::declare_region(
         &setup,
         &region.region,
-        state.config().limits.delivery_limit,
+        control.config().limits.delivery_limit,
     )
     .await?;
     region.jobs.set(Some(confirm_channel(&connection).await?));
-    let events_channel = connection.create_channel().await?;
-    events_channel
-        .basic_qos(64, BasicQosOptions::default())
-        .await?;
-    let mut events = events_channel
-        .basic_consume(
-            events_queue(&region.region).as_str().into(),
-            format!("locality-scheduler-events-{}", region.region)
-                .as_str()
-                .into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut depth_poll = tokio::time::interval(DEPTH_POLL);
+    let (events_channel, events) = consume(
+        &connection,
+        &events_queue(&region.region),
+        &format!("locality-scheduler-events-{}", region.region),
+    )
+    .await?;
     link.ready();
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
-            _ = depth_poll.tick() => {
-                for (index, priority) in [Priority::Interactive, Priority::Batch].into_iter().enumerate() {
-                    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-                    let queue = jobs_queue(&region.region, priority);
-                    if let Ok(queue) = setup.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
-                        region.depth[index].store(queue.message_count() as usize, Ordering::Relaxed);
-                    }
+    let polling = CancellationToken::new();
+    let poller = tokio::spawn({
+        let (region, setup, polling) = (region.clone(), setup.clone(), polling.clone());
+        async move {
+            let mut every = tokio::time::interval(DEPTH_POLL);
+            loop {
+                tokio::select! {
+                    _ = polling.cancelled() => return,
+                    _ = every.tick() => poll_queue_depth(&region, &setup).await,
                 }
             }
-            delivery = events.next() => match delivery {
-                Some(Ok(delivery)) => relay_event(&state, &region.region, &results, delivery).await,
-                Some(Err(err)) => break Err(err.into()),
-                None => break Err(BrokerError::ConnectionLost),
-            },
         }
-    };
+    });
+    let id = region.region.clone();
+    let outcome = deliveries(events, &link, &shutdown, |delivery| {
+        let (control, id, shutdown) = (control.clone(), id.clone(), shutdown.clone());
+        async move { relay_event(&control, &id, delivery, &shutdown).await }
+    })
+    .await;
+    polling.cancel();
+    if let Err(err) = poller.await {
+        tracing::warn!(error = %err, "the queue-depth poller failed");
+    }
     region.jobs.set(None);
+    for channel in [&events_channel, &setup] {
+        settle::close_channel(channel, "scheduler stopping").await;
+    }
     outcome
 }
 
-/// Applies a worker's event to the registry and publishes finished jobs to
-/// `locality.results`, once per job however often the worker reported it.
+async fn poll_queue_depth(region: &AmqpRegion, setup: &Channel) {
+    for (index, priority) in [Priority::Interactive, Priority::Batch]
+        .into_iter()
+        .enumerate()
+    {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = jobs_queue(&region.region, priority);
+        if let Ok(queue) = setup
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            region.depth[index].store(queue.message_count() as usize, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Applies a worker's event; a finished job's first result is published to
+/// `locality.results`, once per job however often it is reported and by whichever
+/// scheduler receives it.
 async fn relay_event(
-    state: &Control,
+    control: &Control,
     region: &RegionId,
-    results: &PublishSlot,
     delivery: Delivery,
+    shutdown: &CancellationToken,
 ) {
     let what = format!("job event from region {region}");
     let event: JobEvent = match serde_json::from_slice(&delivery.data) {
@@ -259,108 +401,68 @@ async fn relay_event(
             return;
         }
     };
-    let result = match &event {
-        JobEvent::Started { .. } => {
-            state.record_event(event);
-            settle::ack(&delivery, &what).await;
-            return;
-        }
-        JobEvent::Finished(result) => result,
-    };
     // A region reports on its own jobs and configured tenants only.
-    if &result.region != region || !state.config().tenants.contains_key(&result.tenant) {
-        tracing::warn!(%region, job_id = %result.job_id, "result naming another region or an unknown tenant dropped");
+    let (event_region, tenant) = match &event {
+        JobEvent::Started { region, tenant, .. } => (region, tenant),
+        JobEvent::Finished(result) => (&result.region, &result.tenant),
+    };
+    if event_region != region || !control.config().tenants.contains_key(tenant) {
+        tracing::warn!(%region, "an event naming another region or an unknown tenant dropped");
         settle::dead_letter(&delivery, &what).await;
         return;
     }
-    if !state.is_finished(&result.job_id) {
-        if let Err(err) = publish_result(results, result).await {
-            tracing::warn!(error = %err, job_id = %result.job_id, "could not relay a result; will retry");
-            tokio::time::sleep(REQUEUE_PAUSE).await;
-            settle::requeue(&delivery, &what).await;
-            return;
-        }
-        state.record_event(event);
-    }
-    settle::ack(&delivery, &what).await;
-}
-
-async fn publish_result(results: &PublishSlot, result: &JobResult) -> Result<(), BrokerError> {
-    let channel = results.get()?;
-    let payload = serde_json::to_vec(result).expect("results serialise");
-    let properties = job_properties(
-        &result.tenant,
-        &result.job_id,
-        result.correlation_id.as_deref(),
-    );
-    // Unroutable is fine here: nobody has to listen to results.
-    match publish_confirmed(
-        &channel,
-        RESULTS_EXCHANGE,
-        &result.routing_key(),
-        &payload,
-        properties,
-    )
-    .await
-    {
-        Err(BrokerError::Unroutable { .. }) | Ok(()) => Ok(()),
-        Err(err) => Err(err),
+    if until_done(&what, shutdown, || control.record_event(&event)).await {
+        settle::ack(&delivery, &what).await;
+    } else {
+        settle::requeue(&delivery, &what).await;
     }
 }
 
 async fn scheduler_session(
-    state: Arc<Control>,
-    results: PublishSlot,
+    control: Arc<Control>,
+    results: AmqpResults,
     connection: Arc<Connection>,
     link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let setup = connection.create_channel().await?;
-    locality_broker::topology::declare_scheduler(&setup, state.config().limits.delivery_limit)
+    locality_broker::topology::declare_scheduler(&setup, control.config().limits.delivery_limit)
         .await?;
-    results.set(Some(confirm_channel(&connection).await?));
-    let submit_channel = connection.create_channel().await?;
-    submit_channel
-        .basic_qos(32, BasicQosOptions::default())
-        .await?;
-    let mut submissions = submit_channel
-        .basic_consume(
-            SUBMIT_QUEUE.into(),
-            "locality-scheduler-submit".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    results.0.set(Some(confirm_channel(&connection).await?));
+    let (submit_channel, submissions) =
+        consume(&connection, SUBMIT_QUEUE, "locality-scheduler-submit").await?;
     link.ready();
-    let outcome = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
-            delivery = submissions.next() => match delivery {
-                Some(Ok(delivery)) => handle_submission(&state, &results, delivery).await,
-                Some(Err(err)) => break Err(err.into()),
-                None => break Err(BrokerError::ConnectionLost),
-            },
-        }
-    };
-    results.set(None);
+    let outcome = deliveries(submissions, &link, &shutdown, |delivery| {
+        let (control, results, shutdown) = (control.clone(), results.clone(), shutdown.clone());
+        async move { handle_submission(&control, &results, delivery, &shutdown).await }
+    })
+    .await;
+    results.0.set(None);
+    for channel in [&submit_channel, &setup] {
+        settle::close_channel(channel, "scheduler stopping").await;
+    }
     outcome
 }
 
 /// One envelope from `locality.submit`. Authenticated like HTTP (header
 /// `authorization: Bearer API_KEY`); the routing key must be the tenant.
-async fn handle_submission(state: &Control, results: &PublishSlot, delivery: Delivery) {
+async fn handle_submission(
+    control: &Control,
+    results: &AmqpResults,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) {
     let properties = &delivery.properties;
     let what = "submission";
     let tenant = text_header(properties, AUTHORIZATION_HEADER)
         .and_then(|value| value.strip_prefix("Bearer ").map(|k| k.trim().to_string()))
-        .and_then(|key| state.config().tenant_for_api_key(&key).cloned());
+        .and_then(|key| control.config().tenant_for_api_key(&key).cloned());
     let Some(tenant) = tenant else {
         tracing::warn!(
             routing_key = %delivery.routing_key,
             "submission without a valid API key dead-lettered"
         );
-        state.count_refusal(ErrorCode::Unauthorised);
+        control.count_refusal(ErrorCode::Unauthorised);
         settle::dead_letter(&delivery, what).await;
         return;
     };
@@ -369,16 +471,6 @@ async fn handle_submission(state: &Control, results: &PublishSlot, delivery: Del
         .as_ref()
         .or(properties.correlation_id().as_ref())
         .map(|id| id.to_string());
-    let answer = |outcome: JobOutcome, code: ErrorCode, message: String| {
-        JobResult::unsuccessful(
-            uuid::Uuid::new_v4(),
-            tenant.clone(),
-            state.config().tenants[&tenant].home.clone(),
-            outcome,
-            JobError::new(code, message),
-            correlation_id.clone(),
-        )
-    };
 
     let content_type = properties.content_type().as_ref().map(|t| t.to_string());
     let refusal_at_this_door = if content_type.as_deref() != Some(CONTENT_TYPE) {
@@ -394,49 +486,54 @@ async fn handle_submission(state: &Control, results: &PublishSlot, delivery: Del
     } else {
         None
     };
-    let submitted = match refusal_at_this_door {
+    let refused = match refusal_at_this_door {
         Some(refusal) => {
-            state.count_refusal(refusal.code());
-            Err(SubmitError::Refused(refusal))
+            control.count_refusal(refusal.code());
+            SubmitError::Refused(refusal)
         }
         None => {
-            state
-                .submit(&tenant, &delivery.data, correlation_id.clone())
-                .await
+            // The job is safe once recorded: ack then. While the store cannot record
+            // it, the delivery is held and tried again in place.
+            let mut delay = FIRST_RETRY;
+            loop {
+                let submitted = control
+                    .submit(&tenant, &delivery.data, correlation_id.clone())
+                    .await;
+                match submitted {
+                    Ok(_) => {
+                        settle::ack(&delivery, what).await;
+                        return;
+                    }
+                    Err(err @ SubmitError::Unavailable(_)) => {
+                        tracing::warn!(error = %err, ?delay, "cannot record a submission yet; trying again");
+                        if !back_off(&mut delay, shutdown).await {
+                            settle::requeue(&delivery, what).await;
+                            return;
+                        }
+                    }
+                    Err(err) => break err,
+                }
+            }
         }
     };
-    let (result, dead_letter) = match submitted {
-        Ok(_) => {
-            settle::ack(&delivery, what).await;
-            return;
+    // Unreadable messages are poison: failed result, then the dead-letter queue.
+    let (outcome, code, dead_letter) = match &refused {
+        SubmitError::Refused(refusal) if refusal.is_unreadable() => {
+            (JobOutcome::Failed, ErrorCode::MalformedMessage, true)
         }
-        Err(err @ SubmitError::RegionUnavailable { .. }) => {
-            tracing::warn!(error = %err, "region unavailable; submission goes back to the queue");
-            tokio::time::sleep(REQUEUE_PAUSE).await;
-            settle::requeue(&delivery, what).await;
-            return;
-        }
-        // Unreadable messages are poison: failed result, then the dead-letter queue.
-        Err(SubmitError::Refused(refusal)) if refusal.is_unreadable() => (
-            answer(
-                JobOutcome::Failed,
-                ErrorCode::MalformedMessage,
-                refusal.to_string(),
-            ),
-            true,
-        ),
-        Err(SubmitError::Refused(refusal)) => (
-            answer(JobOutcome::Refused, refusal.code(), refusal.to_string()),
-            false,
-        ),
+        other => (JobOutcome::Refused, other.code(), false),
     };
-    if let Err(err) = publish_result(results, &result).await {
-        tracing::warn!(error = %err, "could not publish a refusal; will retry");
-        tokio::time::sleep(REQUEUE_PAUSE).await;
+    let result = JobResult::unsuccessful(
+        uuid::Uuid::new_v4(),
+        tenant.clone(),
+        control.config().tenants[&tenant].home.clone(),
+        outcome,
+        JobError::new(code, refused.to_string()),
+        correlation_id,
+    );
+    if !until_done(what, shutdown, || results.publish_now(&result)).await {
         settle::requeue(&delivery, what).await;
-        return;
-    }
-    if dead_letter {
+    } else if dead_letter {
         settle::dead_letter(&delivery, what).await;
     } else {
         settle::ack(&delivery, what).await;

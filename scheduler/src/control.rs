@@ -1,42 +1,73 @@
 //! The control plane's core, beneath both doors (HTTP in [`crate::http`], AMQP in
-//! [`crate::amqp`]): validate and route a submission, record what workers report,
-//! answer for jobs. Free of HTTP and AMQP types; both doors call it the same way.
+//! [`crate::amqp`]): validate and route a submission, record what workers report and
+//! relay each job's result once, answer for jobs. Free of HTTP and AMQP types.
+//!
+//! Every accepted job is first recorded in the control store ([`JobStore`]), then sent
+//! to its region. A job whose region cannot be reached waits in the store and is sent
+//! by [`Control::run_background`] of any scheduler when the region is back, or fails
+//! with `region_unavailable` after `jobs.dispatch_deadline_seconds`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use locality_proto::{
-    Config, ErrorCode, JobEnvelope, JobEvent, JobStatus, Priority, Refusal, RegionId, StageTimings,
+    Config, ErrorCode, JobEnvelope, JobEvent, JobMessage, JobResult, Priority, Refusal, RegionId,
     TenantId,
 };
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::SchedulerMetrics;
 use crate::regions::{Region, Uploads};
-use crate::registry::{Admission, JobRecord, JobRegistry};
+use crate::store::{
+    now_millis, Inserted, JobFilter, JobRecord, JobStore, NewJob, Recorded, StoreError,
+};
 
-/// Why a submission was not enqueued. Nothing was enqueued when this is returned.
+/// Why a submission was not accepted. Nothing was recorded or enqueued.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// The region's queue could not take the job; the submitter may try again.
-    #[error("region {region} is unavailable: {reason}")]
-    RegionUnavailable { region: RegionId, reason: String },
+    #[error("idempotency key {key:?} was used for job {job_id} with another envelope")]
+    IdempotencyConflict { key: String, job_id: Uuid },
+    /// The control store could not record it; the submitter may try again.
+    #[error("the job could not be recorded: {0}")]
+    Unavailable(#[from] StoreError),
 }
 
 impl SubmitError {
     pub fn code(&self) -> ErrorCode {
         match self {
             SubmitError::Refused(refusal) => refusal.code(),
-            SubmitError::RegionUnavailable { .. } => ErrorCode::RegionUnavailable,
+            SubmitError::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
+            SubmitError::Unavailable(_) => ErrorCode::ServiceUnavailable,
         }
     }
 }
 
-/// A submission that was enqueued now (`new`) or earlier under the same idempotency key.
+/// Why a worker's result could not be settled now; the door tries again later.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the result could not be published: {0}")]
+    Publish(String),
+    #[error("another scheduler is relaying this job's result")]
+    Pending,
+}
+
+/// Where results go once recorded: `locality.results` in the distributed mode.
+pub trait ResultSink: Send + Sync + 'static {
+    /// Returns once the result is safely published.
+    fn publish<'a>(&'a self, result: &'a JobResult) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A submission that was accepted now (`new`) or earlier under the same idempotency key.
 #[derive(Debug)]
 pub struct Submitted {
     pub record: JobRecord,
@@ -51,11 +82,10 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Ready when this process's own connections are up. A region that cannot be
+    /// reached does not make the scheduler unready: its jobs wait in the store.
     pub fn ready(&self) -> bool {
-        self.regions
-            .values()
-            .chain(self.links.values())
-            .all(|ok| *ok)
+        self.links.values().all(|ok| *ok)
     }
 }
 
@@ -63,23 +93,33 @@ impl Readiness {
 pub struct Control {
     config: Arc<Config>,
     regions: BTreeMap<RegionId, Region>,
-    jobs: JobRegistry,
+    store: JobStore,
+    results: Option<Arc<dyn ResultSink>>,
     metrics: SchedulerMetrics,
+    /// This scheduler, as the holder of claims in the shared store.
+    identity: String,
     /// Connections besides the regions' (the scheduler's own broker), for readiness.
     links: Vec<(String, Arc<AtomicBool>)>,
 }
+
+/// Jobs taken from the store per round of the background dispatcher.
+const DISPATCH_BATCH: u32 = 200;
+const DISPATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Control {
     pub fn new(
         config: Arc<Config>,
         regions: BTreeMap<RegionId, Region>,
+        store: JobStore,
         registry: &prometheus::Registry,
     ) -> Self {
         Self {
             config,
             regions,
-            jobs: JobRegistry::default(),
+            store,
+            results: None,
             metrics: SchedulerMetrics::register(registry),
+            identity: format!("scheduler-{}", Uuid::new_v4()),
             links: Vec::new(),
         }
     }
@@ -87,6 +127,12 @@ impl Control {
     /// Adds a connection that readiness reports and requires.
     pub fn with_link(mut self, name: &str, connected: Arc<AtomicBool>) -> Self {
         self.links.push((name.to_string(), connected));
+        self
+    }
+
+    /// Publishes every job's result, once, to `sink`.
+    pub fn with_results(mut self, sink: Arc<dyn ResultSink>) -> Self {
+        self.results = Some(sink);
         self
     }
 
@@ -106,7 +152,9 @@ impl Control {
             .inc();
     }
 
-    /// Validates, routes and enqueues one envelope for an authenticated tenant.
+    /// Validates, records and routes one envelope for an authenticated tenant. An
+    /// accepted job is answered as queued even while its region is unreachable: it is
+    /// sent when the region is back.
     pub async fn submit(
         &self,
         tenant: &TenantId,
@@ -114,8 +162,10 @@ impl Control {
         correlation_id: Option<String>,
     ) -> Result<Submitted, SubmitError> {
         let submitted = self.try_submit(tenant, body, correlation_id).await;
-        if let Err(SubmitError::Refused(refusal)) = &submitted {
-            self.count_refusal(refusal.code());
+        if let Err(err @ (SubmitError::Refused(_) | SubmitError::IdempotencyConflict { .. })) =
+            &submitted
+        {
+            self.count_refusal(err.code());
         }
         submitted
     }
@@ -128,51 +178,56 @@ impl Control {
     ) -> Result<Submitted, SubmitError> {
         let envelope = JobEnvelope::from_json(body)?;
         let job = envelope.validate(&self.config, tenant)?;
-        let unavailable = |reason: String| SubmitError::RegionUnavailable {
-            region: job.region.clone(),
-            reason,
-        };
-        let region = self
-            .regions
-            .get(&job.region)
-            .ok_or_else(|| unavailable("no worker pool is configured for it".into()))?;
-
-        let job_id = Uuid::new_v4();
-        let record = JobRecord {
-            job_id,
-            tenant: job.tenant.clone(),
-            region: job.region.clone(),
-            status: JobStatus::Queued,
-            outputs: Vec::new(),
-            error: None,
-            timings: StageTimings::default(),
-            dead_lettered: false,
-        };
-        if let Admission::Existing(existing) =
-            self.jobs.admit(record, job.idempotency_key.as_deref())
-        {
-            return Ok(Submitted {
-                record: existing,
-                new: false,
-            });
-        }
-        let priority = job.priority;
-        let region_id = job.region.clone();
+        let idempotency = job
+            .idempotency_key
+            .clone()
+            .map(|key| (key, envelope.fingerprint()));
+        let subject = job.location.subject.clone();
         let mut message = job.into_message(
-            job_id,
+            Uuid::new_v4(),
             self.config.scheduler.pseudonymisation_key.as_bytes(),
         );
         message.correlation_id = correlation_id;
-        if let Err(err) = region.dispatch.dispatch(message).await {
-            self.jobs.forget(&job_id);
-            return Err(SubmitError::RegionUnavailable {
-                region: region_id,
-                reason: err.reason,
-            });
+        let new = NewJob {
+            message: message.clone(),
+            subject,
+            idempotency: idempotency.clone(),
+        };
+        match self.store.insert(new, &self.identity, now_millis()).await? {
+            Inserted::New(record) => {
+                self.count_submission(&message.region, message.priority);
+                self.dispatch(message).await;
+                Ok(Submitted { record, new: true })
+            }
+            Inserted::Existing(record) => Ok(Submitted { record, new: false }),
+            Inserted::Conflict { job_id } => Err(SubmitError::IdempotencyConflict {
+                key: idempotency.map(|(key, _)| key).unwrap_or_default(),
+                job_id,
+            }),
         }
-        self.count_submission(&region_id, priority);
-        let record = self.jobs.get(&job_id).expect("just admitted");
-        Ok(Submitted { record, new: true })
+    }
+
+    /// Sends a recorded job to its region; if the region cannot take it now, it waits
+    /// in the store for the background dispatcher.
+    async fn dispatch(&self, message: JobMessage) {
+        let job_id = message.job_id;
+        let region = message.region.clone();
+        let sent = match self.regions.get(&region) {
+            Some(link) => link.dispatch.dispatch(message).await.map_err(|e| e.reason),
+            None => Err("no worker pool is configured for it".to_string()),
+        };
+        let now = now_millis();
+        let recorded = match sent {
+            Ok(()) => self.store.mark_dispatched(&job_id, now).await,
+            Err(reason) => {
+                tracing::warn!(%job_id, %region, %reason, "region unavailable; the job waits for it");
+                self.store.release_dispatch(&job_id, now).await
+            }
+        };
+        if let Err(err) = recorded {
+            // The claim lapses and the background dispatcher sends it (again): at least once.
+            tracing::warn!(%job_id, error = %err, "could not record a dispatch");
+        }
     }
 
     fn count_submission(&self, region: &RegionId, priority: Priority) {
@@ -183,40 +238,143 @@ impl Control {
     }
 
     /// The tenant's own job; another tenant's is `None`, as if it did not exist.
-    pub fn job(&self, tenant: &TenantId, job_id: &Uuid) -> Option<JobRecord> {
-        self.jobs
-            .get(job_id)
-            .filter(|record| &record.tenant == tenant)
+    pub async fn job(
+        &self,
+        tenant: &TenantId,
+        job_id: &Uuid,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        self.store.get(tenant, job_id).await
     }
 
-    /// Whether the job has its final result already (a redelivered job reports twice).
-    pub fn is_finished(&self, job_id: &Uuid) -> bool {
-        self.jobs.is_finished(job_id)
+    /// A tenant's jobs, a page at a time.
+    pub async fn jobs(
+        &self,
+        tenant: &TenantId,
+        filter: &JobFilter,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.store.list(tenant, filter).await
     }
 
-    /// Applies a worker's event to the job's record.
-    pub fn record_event(&self, event: JobEvent) {
-        if let JobEvent::Finished(result) = &event {
-            self.metrics
-                .jobs_finished
-                .with_label_values(&[result.region.as_str(), result.outcome.as_str()])
-                .inc();
+    /// Applies a worker's event. A job's first final result is published to the
+    /// result sink, once across every scheduler and restart; a repeated one is not.
+    /// An error means: settle nothing, try the same event again later.
+    pub async fn record_event(&self, event: &JobEvent) -> Result<(), RelayError> {
+        match event {
+            JobEvent::Started { job_id, .. } => {
+                self.store.record_started(job_id, now_millis()).await?;
+                Ok(())
+            }
+            JobEvent::Finished(result) => self.finish(result).await,
         }
-        self.jobs.apply(event);
     }
 
-    pub fn readiness(&self) -> Readiness {
+    async fn finish(&self, result: &JobResult) -> Result<(), RelayError> {
+        match self
+            .store
+            .record_finished(result, &self.identity, now_millis())
+            .await?
+        {
+            Recorded::First => self.relay(result).await,
+            Recorded::RelayPending => Err(RelayError::Pending),
+            Recorded::Done => Ok(()),
+            Recorded::NotRouted => {
+                tracing::warn!(job_id = %result.job_id, region = %result.region, "a report on a job this control plane did not route that way: not relayed");
+                self.count_refusal(ErrorCode::ResultNotRouted);
+                Ok(())
+            }
+        }
+    }
+
+    async fn relay(&self, result: &JobResult) -> Result<(), RelayError> {
+        if let Some(sink) = &self.results {
+            if let Err(reason) = sink.publish(result).await {
+                self.store.release_relay(&result.job_id).await?;
+                return Err(RelayError::Publish(reason));
+            }
+        }
+        self.store
+            .mark_relayed(&result.job_id, now_millis())
+            .await?;
+        self.metrics
+            .jobs_finished
+            .with_label_values(&[result.region.as_str(), result.outcome.as_str()])
+            .inc();
+        Ok(())
+    }
+
+    /// Jobs accepted but not finished go back to waiting for dispatch: `locality up`
+    /// calls this at start, since its in-process queues did not survive the last stop.
+    pub async fn requeue_unfinished(&self) -> Result<u64, StoreError> {
+        self.store.requeue_unfinished(now_millis()).await
+    }
+
+    /// Until `shutdown`: sends jobs that wait for their region, fails those past their
+    /// deadline, and sweeps expired job records (one scheduler at a time).
+    pub async fn run_background(&self, shutdown: CancellationToken) {
+        let sweep_every = Duration::from_secs(self.config.jobs.sweep_interval_seconds);
+        let mut next_sweep = tokio::time::Instant::now();
+        loop {
+            if let Err(err) = self.dispatch_waiting().await {
+                tracing::warn!(error = %err, "could not dispatch waiting jobs");
+            }
+            if tokio::time::Instant::now() >= next_sweep {
+                next_sweep += sweep_every;
+                self.sweep().await;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(DISPATCH_INTERVAL) => {}
+            }
+        }
+    }
+
+    async fn dispatch_waiting(&self) -> Result<(), RelayError> {
+        let deadline = Duration::from_secs(self.config.jobs.dispatch_deadline_seconds);
+        for result in self
+            .store
+            .fail_undispatched(deadline, &self.identity, now_millis())
+            .await?
+        {
+            tracing::warn!(job_id = %result.job_id, region = %result.region, "the job's region stayed unreachable past its deadline");
+            self.relay(&result).await?;
+        }
+        let waiting = self
+            .store
+            .claim_undispatched(&self.identity, now_millis(), DISPATCH_BATCH)
+            .await?;
+        for job in waiting {
+            self.dispatch(job.message).await;
+        }
+        Ok(())
+    }
+
+    async fn sweep(&self) {
+        let retention = Duration::from_secs(u64::from(self.config.jobs.retention_days) * 86_400);
+        match self
+            .store
+            .sweep(retention, &self.identity, now_millis())
+            .await
+        {
+            Ok(Some(swept)) if swept > 0 => tracing::info!(swept, "expired job records removed"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "the job-record sweep failed"),
+        }
+    }
+
+    pub async fn readiness(&self) -> Readiness {
+        let mut links: BTreeMap<String, bool> = self
+            .links
+            .iter()
+            .map(|(name, connected)| (name.clone(), connected.load(Ordering::SeqCst)))
+            .collect();
+        links.insert("control-store".into(), self.store.ping().await);
         Readiness {
             regions: self
                 .regions
                 .iter()
                 .map(|(id, region)| (id.clone(), region.dispatch.is_ready()))
                 .collect(),
-            links: self
-                .links
-                .iter()
-                .map(|(name, connected)| (name.clone(), connected.load(Ordering::SeqCst)))
-                .collect(),
+            links,
         }
     }
 

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::control::{Control, SubmitError, Submitted};
 use crate::regions::Uploads;
-use crate::registry::JobRecord;
+use crate::store::{JobFilter, JobRecord, StoreError};
 
 #[derive(Clone)]
 struct HttpState {
@@ -35,7 +35,7 @@ pub fn router(control: Arc<Control>, registry: prometheus::Registry) -> Router {
             "/v1/sources/{*key}",
             put(put_source).layer(DefaultBodyLimit::max(upload_limit)),
         )
-        .route("/v1/jobs", post(submit_job))
+        .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(job_status))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -124,6 +124,10 @@ async fn submit_job(
     }
 }
 
+fn unavailable(err: StoreError) -> ApiError {
+    ApiError::new(ErrorCode::ServiceUnavailable, err.to_string())
+}
+
 /// `GET /v1/jobs/{id}`: status, outputs, error and timings of the tenant's own job.
 async fn job_status(
     State(state): State<HttpState>,
@@ -132,16 +136,115 @@ async fn job_status(
 ) -> Result<Json<JobRecord>, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers)?;
+    let not_found = || ApiError::new(ErrorCode::JobNotFound, format!("no job {id}"));
+    let job_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     // Another tenant's job is reported as absent, not as forbidden: ids are not leaked.
-    Uuid::parse_str(&id)
-        .ok()
-        .and_then(|job_id| control.job(&tenant, &job_id))
+    control
+        .job(&tenant, &job_id)
+        .await
+        .map_err(unavailable)?
         .map(Json)
-        .ok_or_else(|| ApiError::new(ErrorCode::JobNotFound, format!("no job {id}")))
+        .ok_or_else(not_found)
+}
+
+/// The query of `GET /v1/jobs`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    since: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidField,
+        format!("{field}: {}", reason.into()),
+    )
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<JobFilter, ApiError> {
+        let status = self
+            .status
+            .as_deref()
+            .map(|status| {
+                serde_json::from_value(serde_json::Value::String(status.to_string())).map_err(
+                    |_| {
+                        invalid(
+                            "status",
+                            "must be queued, running, succeeded, failed or refused",
+                        )
+                    },
+                )
+            })
+            .transpose()?;
+        let since = self
+            .since
+            .as_deref()
+            .map(|since| {
+                humantime::parse_rfc3339_weak(since)
+                    .map(crate::store::millis_of)
+                    .map_err(|e| invalid("since", format!("must be an RFC 3339 time: {e}")))
+            })
+            .transpose()?;
+        let after = self.cursor.as_deref().map(decode_cursor).transpose()?;
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(invalid("limit", format!("must be 1 to {MAX_PAGE}")));
+        }
+        Ok(JobFilter {
+            status,
+            since,
+            after,
+            limit,
+        })
+    }
+}
+
+fn encode_cursor(record: &JobRecord) -> String {
+    use base64::Engine;
+    let text = format!("{}/{}", record.created_at_millis, record.job_id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
+    use base64::Engine;
+    let bad = || invalid("cursor", "is not a cursor this API returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (at, id) = text.split_once('/').ok_or_else(bad)?;
+    Ok((
+        at.parse().map_err(|_| bad())?,
+        Uuid::parse_str(id).map_err(|_| bad())?,
+    ))
+}
+
+/// `GET /v1/jobs?status=&since=&limit=&cursor=`: the tenant's own jobs, oldest first;
+/// `next_cursor` fetches the page after this one.
+async fn list_jobs(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let control = &state.control;
+    let tenant = authenticate(control.config(), &headers)?;
+    let filter = query.filter()?;
+    let jobs = control.jobs(&tenant, &filter).await.map_err(unavailable)?;
+    let next_cursor = (jobs.len() == filter.limit as usize)
+        .then(|| jobs.last().map(encode_cursor))
+        .flatten();
+    Ok(Json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let readiness = state.control.readiness();
+    let readiness = state.control.readiness().await;
     let ready = readiness.ready();
     let status = if ready {
         StatusCode::OK

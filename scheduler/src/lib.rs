@@ -6,15 +6,16 @@
 //! - [`http`]: the HTTP door. [`amqp`]: the broker door and the links to each region.
 //!   They import the core, never each other.
 //! - [`regions`]: the seams to a region: job dispatch, and where uploads go.
-//! - [`registry`]: job status and idempotency keys. [`metrics`]: Prometheus metrics.
+//! - [`store`]: the control store (PostgreSQL or SQLite): job records, idempotency
+//!   keys, leases. [`metrics`]: Prometheus metrics.
 
 pub mod amqp;
 pub mod control;
 pub mod http;
 pub mod metrics;
 pub mod regions;
-pub mod registry;
+pub mod store;
 
-pub use control::{Control, Readiness, SubmitError, Submitted};
+pub use control::{Control, Readiness, RelayError, ResultSink, SubmitError, Submitted};
 pub use regions::{DispatchError, JobDispatch, Region, SourceStore, Uploads};
-pub use registry::JobRecord;
+pub use store::{JobRecord, JobStore};

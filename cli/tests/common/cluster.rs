@@ -51,17 +51,20 @@ impl ClusterSpec {
     }
 }
 
-/// A scheduler and workers, each its own process.
+/// Schedulers and workers, each its own process, sharing one broker and database.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub config: Config,
     pub config_path: PathBuf,
-    pub scheduler: Process,
+    pub schedulers: Vec<Process>,
+    /// Where each scheduler listens (a restarted one listens where it did before).
+    pub scheduler_urls: Vec<String>,
     pub workers: BTreeMap<String, Process>,
-    /// Logs of workers that were replaced by a restart.
+    /// Logs of processes that were replaced by a restart.
     pub old_logs: Vec<PathBuf>,
     pub ingest: BTreeMap<String, String>,
     pub buckets: Buckets,
+    /// The first scheduler's HTTP API.
     pub base_url: String,
     pub results: ResultsListener,
     pub http: reqwest::Client,
@@ -77,6 +80,7 @@ impl Cluster {
         let buckets = Buckets::fresh().await;
         let mut config = super::config::example();
         buckets.apply(&mut config);
+        config.scheduler.database_url = Some(super::database::fresh().await);
         let mut ingest = BTreeMap::new();
         for id in super::REGIONS {
             let address = format!("127.0.0.1:{}", free_port());
@@ -88,34 +92,68 @@ impl Cluster {
         config.scheduler.amqp_url = Some(broker.url("scheduler"));
         (spec.edit)(&mut config);
         let config_path = super::config::write(&config, dir.path());
-
-        let mut command = Command::new(env!("CARGO_BIN_EXE_locality"));
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .args(["scheduler", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info");
-        let scheduler = Process::spawn(command, dir.path().join("scheduler.log"), SCHEDULER_READY);
-        let base_url = scheduler.announced(SCHEDULER_READY);
         let mut cluster = Self {
             dir,
             config,
             config_path,
-            scheduler,
+            schedulers: Vec::new(),
+            scheduler_urls: Vec::new(),
             workers: BTreeMap::new(),
             old_logs: Vec::new(),
             ingest,
             buckets,
-            base_url,
+            base_url: String::new(),
             results,
             http: reqwest::Client::new(),
             worker_args: spec.worker_args,
         };
-        cluster.wait_ready().await;
+        cluster.add_scheduler().await;
+        cluster.base_url = cluster.scheduler_urls[0].clone();
         for region in spec.regions {
             cluster.start_worker(region).await;
         }
         cluster
+    }
+
+    fn spawn_scheduler(&self, listen: &str, number: usize) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_locality"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["scheduler", "--listen", listen])
+            .env("RUST_LOG", "info");
+        let log = self
+            .dir
+            .path()
+            .join(format!("scheduler-{number}-{}.log", self.old_logs.len()));
+        Process::spawn(command, log, SCHEDULER_READY)
+    }
+
+    /// Starts one more scheduler on the same broker and database; returns its index.
+    pub async fn add_scheduler(&mut self) -> usize {
+        let number = self.schedulers.len();
+        let process = self.spawn_scheduler("127.0.0.1:0", number);
+        let url = process.announced(SCHEDULER_READY);
+        wait_ready(&self.http, &url, &process).await;
+        self.schedulers.push(process);
+        self.scheduler_urls.push(url);
+        number
+    }
+
+    /// SIGKILLs scheduler `number`: no drain; its unsettled deliveries go back to the broker.
+    pub fn kill_scheduler(&mut self, number: usize) {
+        self.schedulers[number].kill_now();
+    }
+
+    /// Starts scheduler `number` again where it listened, after it was stopped or killed.
+    pub async fn restart_scheduler(&mut self, number: usize) {
+        let url = self.scheduler_urls[number].clone();
+        let listen = url.trim_start_matches("http://").to_string();
+        let process = self.spawn_scheduler(&listen, number);
+        let old = std::mem::replace(&mut self.schedulers[number], process);
+        self.old_logs.push(old.log.clone());
+        drop(old);
+        wait_ready(&self.http, &url, &self.schedulers[number]).await;
     }
 
     /// Starts (or restarts) the worker of `region` and waits until it consumes.
@@ -148,9 +186,9 @@ impl Cluster {
         wait_ready(&self.http, &url, &self.workers[region]).await;
     }
 
-    /// Waits until the scheduler's `/readyz` says every broker link is up.
+    /// Waits until the first scheduler's `/readyz` says its links are up.
     pub async fn wait_ready(&self) {
-        wait_ready(&self.http, &self.base_url, &self.scheduler).await;
+        wait_ready(&self.http, &self.base_url, &self.schedulers[0]).await;
     }
 
     /// Submits over HTTP; returns the job id. Retries while the region is unavailable
@@ -176,17 +214,6 @@ impl Cluster {
                 "submit: {status} {body}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // A failing test shows what the processes said.
-        if std::thread::panicking() {
-            for process in std::iter::once(&self.scheduler).chain(self.workers.values()) {
-                process.print_tail(40);
-            }
         }
     }
 }

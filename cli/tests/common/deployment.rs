@@ -235,7 +235,7 @@ impl Deployment for Cluster {
         for path in self
             .old_logs
             .iter()
-            .chain(std::iter::once(&self.scheduler.log))
+            .chain(self.schedulers.iter().map(|s| &s.log))
             .chain(self.workers.values().map(|w| &w.log))
         {
             logs.push_str(&std::fs::read_to_string(path).unwrap_or_default());

@@ -165,10 +165,23 @@ impl Embedded {
     }
 }
 
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.process.print_tail(40);
-        }
+impl Embedded {
+    /// SIGKILL, then `locality up` again on the same data directory and config.
+    pub fn kill_and_restart(mut self) -> Self {
+        self.process.kill_now();
+        let Embedded {
+            data_dir, config, ..
+        } = self;
+        Self::start_in(config, data_dir)
+    }
+
+    /// SIGTERM (finish what runs, then exit), then start again on the same data.
+    pub fn stop_and_restart(mut self) -> Self {
+        let code = self.process.terminate(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "locality up did not stop cleanly");
+        let Embedded {
+            data_dir, config, ..
+        } = self;
+        Self::start_in(config, data_dir)
     }
 }

@@ -4,7 +4,7 @@
 //! - [`s3`]: the per-region S3 servers of scripts/test.sh, buckets, listings, and an
 //!   s3s-fs server a test can stop and start.
 //! - [`broker`] and [`results`]: the RabbitMQ broker of scripts/test.sh, and a listener
-//!   on `locality.results`.
+//!   on `locality.results`. [`database`]: its PostgreSQL server.
 //! - [`embedded`] (`locality up`) and [`cluster`] (scheduler and workers over the broker).
 //! - [`deployment`]: what a scenario needs of either; [`scenarios`]: scenarios run
 //!   through it against both.
@@ -14,6 +14,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod database;
 pub mod deployment;
 pub mod embedded;
 pub mod process;

@@ -98,6 +98,10 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // A failing test shows what the process said.
+        if std::thread::panicking() {
+            self.print_tail(40);
+        }
         if self.terminate(Duration::from_secs(10)).is_none() {
             self.kill_now();
         }

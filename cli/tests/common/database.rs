@@ -1,0 +1,43 @@
+//! The PostgreSQL server that scripts/test.sh starts: a fresh database per use, and
+//! a dump of one for tests that search everything it holds.
+
+use sqlx::Connection;
+
+fn admin_url() -> String {
+    std::env::var("LOCALITY_TEST_DATABASE_URL").expect(
+        "LOCALITY_TEST_DATABASE_URL is not set: these tests need the PostgreSQL server that \
+         scripts/test.sh starts; run the suite with scripts/test.sh",
+    )
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh() -> String {
+    let admin = admin_url();
+    let name = format!("locality_test_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("the test PostgreSQL server is reachable");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// Everything a database holds, as pg_dump writes it.
+pub fn dump(url: &str) -> String {
+    let bin = std::env::var("LOCALITY_TEST_PG_BIN")
+        .expect("LOCALITY_TEST_PG_BIN is not set: run the suite with scripts/test.sh");
+    let output = std::process::Command::new(format!("{bin}/pg_dump"))
+        .arg("--dbname")
+        .arg(url)
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        output.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("a text dump")
+}
