@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """An upload pipeline talking to Locality's distributed mode.
 
-1. Uploads an original: PUT to the scheduler, which answers 307 with the region's own
-   ingest endpoint (the bytes never pass through the control plane); we follow it.
-2. Publishes a v1 job envelope to the exchange `locality.submit` on the scheduler's
-   vhost (routing key = tenant, API key in the `authorization` header).
+1. Uploads an original: asks the scheduler where the tenant's region takes uploads with
+   an empty probe (it answers 307 with the region's own ingest endpoint), then sends the
+   bytes there. The image never passes through the control plane.
+2. Publishes a v1 job envelope to the exchange `locality.submit` on the scheduler's vhost,
+   as the tenant's own broker user (routing key = tenant, `user_id` = that user: RabbitMQ
+   checks it, and the scheduler takes the tenant from it).
 3. Waits on `locality.results` (routing key `TENANT.OUTCOME`) for the result whose
    correlation id is our message id, and prints it as one JSON line.
 
     pip install pika
-    python3 examples/upload_pipeline.py --amqp-url amqp://user:pass@127.0.0.1:5672/scheduler \
+    python3 examples/upload_pipeline.py --amqp-url amqp://demo-eu:PASSWORD@127.0.0.1:5672/scheduler \
         --http-url http://127.0.0.1:8080 --api-key demo-eu-key --tenant demo-eu photo.jpg
 """
 import argparse
@@ -23,26 +25,37 @@ import uuid
 import pika
 
 
+def put(url, api_key, data):
+    """One PUT; an HTTP error status is returned, not raised."""
+    request = urllib.request.Request(url, data=data, method="PUT")
+    request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
 def upload(http_url, api_key, key, data):
-    """PUT the original, following the scheduler's 307 to the region's ingest endpoint."""
+    """PUT the original where the scheduler says, without sending it to the scheduler:
+    an empty probe first (the scheduler answers 307 with the region's ingest endpoint from
+    the request alone), then the bytes to that endpoint, with the API key again."""
     url = f"{http_url}/v1/sources/{key}"
-    for _ in range(3):
-        request = urllib.request.Request(url, data=data, method="PUT")
-        request.add_header("Authorization", f"Bearer {api_key}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as err:
-            if err.code in (307, 308):
-                url = err.headers["Location"]
-                continue
-            raise SystemExit(f"upload failed: {err.code} {err.read().decode()}")
-    raise SystemExit("upload: too many redirects")
+    status, headers, body = put(url, api_key, b"")
+    if status in (307, 308):
+        url = headers["Location"]
+        status, headers, body = put(url, api_key, data)
+    elif status == 422:
+        # This scheduler stores originals itself (locality up): send them to it.
+        status, headers, body = put(url, api_key, data)
+    if status != 201:
+        raise SystemExit(f"upload failed: {status} {body.decode()}")
+    return json.loads(body)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--amqp-url", required=True, help="the scheduler's vhost")
+    parser.add_argument("--amqp-url", required=True, help="the scheduler's vhost, as the tenant's broker user")
     parser.add_argument("--http-url", required=True, help="the scheduler's HTTP API")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--tenant", required=True)
@@ -55,7 +68,8 @@ def main():
         stored = upload(args.http_url, args.api_key, key, f.read())
     print(f"uploaded {stored['object_key']} to region {stored['region']}", file=sys.stderr)
 
-    connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
+    parameters = pika.URLParameters(args.amqp_url)
+    connection = pika.BlockingConnection(parameters)
     channel = connection.channel()
     channel.confirm_delivery()
     # Listen before publishing, so the result cannot slip past.
@@ -80,7 +94,7 @@ def main():
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
             message_id=message_id,
-            headers={"authorization": f"Bearer {args.api_key}"},
+            user_id=parameters.credentials.username,
         ),
         mandatory=True,
     )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts a RabbitMQ broker for the tests on loopback (Debian's rabbitmq-server, installed
 # with apt-get if missing), in its own node and directories under STATE_DIR, then creates
-# the vhosts `scheduler`, `eu`, `ca`, `sg` and one user per vhost whose permissions cover
-# only that vhost. Prints `export` lines for the tests.
+# the vhosts `scheduler`, `eu`, `ca`, `sg`, one user per vhost whose permissions cover only
+# that vhost, and one broker user per demo tenant's upload pipeline (see
+# scripts/rabbitmq-tenant-user.sh). Prints `export` lines for the tests.
 #
 # usage: eval "$(scripts/rabbitmq-up.sh STATE_DIR)"      (stop: scripts/services-down.sh STATE_DIR)
 set -euo pipefail
@@ -51,6 +52,10 @@ for vhost in scheduler eu ca sg; do
   ctl add_user "locality-$vhost" "secret-$vhost"
   ctl set_permissions -p "$vhost" "locality-$vhost" '.*' '.*' '.*'
   ctl set_permissions -p "$vhost" locality-admin '.*' '.*' '.*'
+done
+for tenant in demo-eu demo-ca demo-sg; do
+  "$(dirname "$0")/rabbitmq-tenant-user.sh" "$tenant" "pipeline-$tenant" scheduler \
+    "$RMQ_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" >&2
 done
 echo "[rabbitmq-up] broker on 127.0.0.1:$port, vhosts scheduler eu ca sg" >&2
 echo "export LOCALITY_TEST_AMQP_PORT=$port"

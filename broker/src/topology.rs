@@ -9,7 +9,7 @@ use locality_proto::topology::{
     EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE, SUBMIT_DEAD_LETTER_QUEUE,
     SUBMIT_EXCHANGE, SUBMIT_QUEUE,
 };
-use locality_proto::{Priority, RegionId};
+use locality_proto::{Limits, Priority, RegionId};
 
 use crate::BrokerError;
 
@@ -28,6 +28,10 @@ async fn exchange(channel: &Channel, name: &str, kind: ExchangeKind) -> Result<(
 /// What happens to a queue's messages that are rejected or expire.
 enum DeadLetters {
     None,
+    /// A dead-letter queue itself: messages are dropped after `ttl_days`.
+    Expire {
+        ttl_days: u32,
+    },
     /// To [`DEAD_LETTER_EXCHANGE`]; the broker also moves a message there after
     /// `limit` returns without settlement (a safety net: workers count first).
     ToDeadLetterQueue {
@@ -50,6 +54,13 @@ async fn quorum_queue(
     arguments.insert("x-queue-type".into(), text("quorum"));
     match dead_letters {
         DeadLetters::None => {}
+        DeadLetters::Expire { ttl_days } => {
+            let ttl_ms = u64::from(ttl_days) * 86_400_000;
+            arguments.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(ttl_ms).unwrap_or(i64::MAX)),
+            );
+        }
         DeadLetters::ToDeadLetterQueue { limit } => {
             arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
             arguments.insert(
@@ -102,9 +113,13 @@ fn broker_safety_limit(delivery_limit: u32) -> u32 {
 
 /// The scheduler's vhost: `locality.submit` (topic, routing key = tenant) into a quorum
 /// queue with dead letters, and the `locality.results` topic exchange.
-pub async fn declare_scheduler(channel: &Channel, delivery_limit: u32) -> Result<(), BrokerError> {
+pub async fn declare_scheduler(channel: &Channel, limits: &Limits) -> Result<(), BrokerError> {
+    let delivery_limit = limits.delivery_limit;
     exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
-    quorum_queue(channel, SUBMIT_DEAD_LETTER_QUEUE, DeadLetters::None).await?;
+    let expire = DeadLetters::Expire {
+        ttl_days: limits.dead_letter_ttl_days,
+    };
+    quorum_queue(channel, SUBMIT_DEAD_LETTER_QUEUE, expire).await?;
     bind(channel, SUBMIT_DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "").await?;
     exchange(channel, SUBMIT_EXCHANGE, ExchangeKind::Topic).await?;
     let limit = broker_safety_limit(delivery_limit);
@@ -125,11 +140,15 @@ pub async fn declare_scheduler(channel: &Channel, delivery_limit: u32) -> Result
 pub async fn declare_region(
     channel: &Channel,
     region: &RegionId,
-    delivery_limit: u32,
+    limits: &Limits,
 ) -> Result<(), BrokerError> {
+    let delivery_limit = limits.delivery_limit;
     exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
     let dead = dead_letter_queue(region);
-    quorum_queue(channel, &dead, DeadLetters::None).await?;
+    let expire = DeadLetters::Expire {
+        ttl_days: limits.dead_letter_ttl_days,
+    };
+    quorum_queue(channel, &dead, expire).await?;
     bind(channel, &dead, DEAD_LETTER_EXCHANGE, "").await?;
 
     exchange(channel, JOBS_EXCHANGE, ExchangeKind::Direct).await?;

@@ -8,10 +8,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use locality_http::ServeLimits;
 use locality_proto::{Config, RegionConfig, RegionId};
 use locality_scheduler::amqp::{AmqpRegion, AmqpResults};
-use locality_scheduler::{Control, JobStore, Region, Uploads};
-use locality_worker::ingest::IngestState;
+use locality_scheduler::{Control, JobStore, Region, UploadRoute};
+use locality_worker::ingest::{IngestState, Uploads};
 use locality_worker::transport::amqp::run_amqp;
 use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,10 @@ pub struct SchedulerArgs {
     /// Address for the HTTP API; scheduler.listen from the config when absent.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Accept the public demo secrets of the example config (demo tenants' API keys,
+    /// the demo pseudonymisation key). Never in production.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(clap::Args)]
@@ -37,13 +42,16 @@ pub struct WorkerArgs {
     threads: Option<usize>,
     /// Jobs run at once, and each queue's prefetch. Defaults to twice the threads, so
     /// the next job's fetch overlaps this one's CPU work; memory is bounded by
-    /// limits.worker_pixel_budget whatever this is.
+    /// limits.worker_memory_budget whatever this is.
     #[arg(long)]
     jobs: Option<usize>,
     /// Store URL instead of regions.REGION.store (same options). Refused when it is
     /// the store of another region.
     #[arg(long)]
     store: Option<String>,
+    /// Accept the public demo secrets of the example config. Never in production.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 pub fn run_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
@@ -73,10 +81,10 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         })?;
         let link = AmqpRegion::new(id.clone(), url);
         let uploads = match &region.ingest_url {
-            Some(ingest_url) => Uploads::Redirect {
+            Some(ingest_url) => UploadRoute::Redirect {
                 ingest_url: ingest_url.clone(),
             },
-            None => Uploads::InRegionOnly,
+            None => UploadRoute::InRegionOnly,
         };
         regions.insert(
             id.clone(),
@@ -140,6 +148,8 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         .region(&args.region)
         .with_context(|| format!("region {:?} is not in the configuration", args.region))?;
     let region = region.clone();
+    // The worker keeps its own region's credentials and nobody else's.
+    let config = config.for_region(&region);
     let own = &config.regions[&region];
     let url = own
         .amqp_url
@@ -165,7 +175,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         let config = Arc::new(config);
         let context = Arc::new(WorkerContext::new(
             stores.clone(),
-            config.limits,
+            &config,
             cpu_pool,
             &metrics,
         ));
@@ -173,8 +183,8 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         crate::shutdown::on_signal(shutdown.clone());
         let connected = Arc::new(AtomicBool::new(false));
         let ingest = locality_worker::ingest::router(IngestState {
+            uploads: Uploads::new(stores, &config),
             config,
-            stores,
             connected: connected.clone(),
             registry,
         });
@@ -185,12 +195,12 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
             "locality worker {region}: ingest on http://{}, {threads} threads, {slots} jobs at once",
             listener.local_addr()?
         );
-        let http_shutdown = shutdown.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, ingest)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                .await
-        });
+        let http = tokio::spawn(locality_http::serve(
+            listener,
+            ingest,
+            ServeLimits::default(),
+            shutdown.clone(),
+        ));
         run_amqp(context, url, slots, connected, shutdown).await;
         http.await.context("the ingest endpoint failed")??;
         println!("locality worker {region}: stopped");

@@ -58,8 +58,8 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
     }
     println!("  press Ctrl-C to drain and stop");
 
-    axum::serve(listener, embedded.router())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let limits = locality_http::ServeLimits::default();
+    locality_http::serve(listener, embedded.router(), limits, shutdown)
         .await
         .context("serving HTTP")?;
     embedded.finish().await;

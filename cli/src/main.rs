@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use config::Source;
 
 #[derive(Parser)]
 #[command(
@@ -19,8 +20,10 @@ use clap::{Parser, Subcommand};
     about = "Region-pinned image processing: every image is processed and stored only in its tenant's region."
 )]
 struct Cli {
-    /// Configuration file (TOML). Defaults to the shipped example config (demo tenants).
-    /// Any value can be overridden by environment variables such as LOCALITY__SCHEDULER__LISTEN.
+    /// Configuration file (TOML). `locality up` and `print-config` default to the shipped
+    /// example config (public demo tenants); `scheduler` and `worker` need this, or the
+    /// whole configuration in LOCALITY__* variables. Any value can be overridden by
+    /// environment variables such as LOCALITY__SCHEDULER__LISTEN.
     #[arg(long, global = true, env = "LOCALITY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -38,7 +41,8 @@ enum Command {
     /// Distributed mode, data plane of one region: consumes that region's queues, reads
     /// and writes that region's store only, and serves the region's upload endpoint.
     Worker(distributed::WorkerArgs),
-    /// Print the resolved configuration (defaults, file and environment merged) as TOML.
+    /// Print the resolved configuration (defaults, file and environment merged) as TOML,
+    /// with every secret replaced by ***.
     PrintConfig,
 }
 
@@ -51,13 +55,22 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let config = config::load(cli.config.as_deref())?;
+    let path = cli.config.as_deref();
     match cli.command {
-        Command::Up(args) => embedded::run(config, args),
-        Command::Scheduler(args) => distributed::run_scheduler(config, args),
-        Command::Worker(args) => distributed::run_worker(config, args),
+        Command::Up(args) => embedded::run(config::load(path, Source::FileOrExample)?, args),
+        Command::Scheduler(args) => {
+            let config = config::load(path, Source::FileOrEnvironment)?;
+            config::refuse_demo_secrets(&config, args.demo, "scheduler")?;
+            distributed::run_scheduler(config, args)
+        }
+        Command::Worker(args) => {
+            let config = config::load(path, Source::FileOrEnvironment)?;
+            config::refuse_demo_secrets(&config, args.demo, "worker")?;
+            distributed::run_worker(config, args)
+        }
         Command::PrintConfig => {
-            print!("{}", toml::to_string_pretty(&config)?);
+            let config = config::load(path, Source::FileOrExample)?;
+            print!("{}", toml::to_string_pretty(&config.redacted())?);
             Ok(())
         }
     }

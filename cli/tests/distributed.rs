@@ -17,8 +17,8 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use locality_proto::topology::{
-    dead_letter_queue, AUTHORIZATION_HEADER, CONTENT_TYPE, JOBS_EXCHANGE, SCHEMA_HEADER,
-    SUBMIT_DEAD_LETTER_QUEUE, SUBMIT_EXCHANGE, TENANT_HEADER,
+    dead_letter_queue, CONTENT_TYPE, JOBS_EXCHANGE, SCHEMA_HEADER, SUBMIT_DEAD_LETTER_QUEUE,
+    SUBMIT_EXCHANGE, SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{JobOutcome, RegionId};
 use serde_json::json;
@@ -138,7 +138,8 @@ async fn a_regions_credentials_reach_only_its_own_vhost() {
         .await
         .expect("eu user on the eu vhost");
     let channel = locality_broker::confirm_channel(&own).await.unwrap();
-    locality_broker::topology::declare_region(&channel, &RegionId::new("eu").unwrap(), 5)
+    let limits = locality_proto::Limits::default();
+    locality_broker::topology::declare_region(&channel, &RegionId::new("eu").unwrap(), &limits)
         .await
         .expect("eu user declares eu's topology");
     let _ = own.close(200, "done".into()).await;
@@ -265,6 +266,12 @@ async fn restarting_the_broker_mid_run_loses_no_job() {
     assert!(published
         .iter()
         .all(|seen| seen.result.outcome == JobOutcome::Succeeded));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_job = cluster.results.count_per_job(&ids);
+    assert!(
+        per_job.values().all(|count| *count == 1),
+        "results published more than once: {per_job:?}"
+    );
     assert_eq!(cluster.objects("eu").await.len(), 2 * 40);
     assert_eq!(cluster.objects("sg").await.len(), 2 * 30);
 }
@@ -404,19 +411,17 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         worker.log_text()
     );
 
-    // 4. Unreadable submissions on locality.submit: failed result, dead-lettered there too.
+    // 4. Unreadable submissions on locality.submit: failed result, and a note (not the
+    // body) dead-lettered there too.
     let submit = BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_message_id("my-broken-submission".into())
-        .with_headers(headers(&[(
-            AUTHORIZATION_HEADER,
-            AMQPValue::LongString(format!("Bearer {}", api_key("demo-eu")).into()),
-        )]));
+        .with_user_id("demo-eu".into());
     publish_raw(
-        &broker.url("scheduler"),
+        &broker.tenant_url("demo-eu"),
         SUBMIT_EXCHANGE,
         "demo-eu",
-        b"[1, 2",
+        b"[1, 2, \"203.0.113.5\"",
         submit,
     )
     .await;
@@ -447,21 +452,39 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let note = common::broker::take_one(&broker, "scheduler", SUBMIT_DEAD_LETTER_QUEUE).await;
+    let note: serde_json::Value = serde_json::from_slice(&note).unwrap();
+    assert_eq!(note["code"], "malformed_message", "{note}");
+    assert_eq!(note["user_id"], "demo-eu");
+    assert!(
+        !note.to_string().contains("203.0.113"),
+        "the body was kept: {note}"
+    );
 }
 
+/// Submissions the scheduler handles at once (scheduler/src/amqp.rs, CONCURRENT_DELIVERIES).
+const INTAKE_CONCURRENCY: usize = 32;
+/// The cluster's worker flags: `--jobs 4` slots, which is also each queue's prefetch.
+const WORKER_SLOTS: usize = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interactive_jobs_overtake_a_batch_backlog() {
+async fn interactive_jobs_overtake_a_batch_backlog_at_the_submit_door_and_in_the_region() {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
     broker.reset().await;
-    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    let mut cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
     cluster
         .upload("demo-eu", "backlog.jpg", small_photo())
         .await;
     cluster.upload("demo-eu", "urgent.jpg", small_photo()).await;
-
-    // 500 batch jobs, then 20 interactive ones, published to locality.submit.
-    let connection = locality_broker::connect(&broker.url("scheduler"), "test-pipeline")
+    // The backlog waits in locality.submit itself: its scheduler is stopped while it
+    // is published, the batch jobs first, then the interactive ones, through the same
+    // door, as the tenant's pipeline.
+    assert_eq!(
+        cluster.schedulers[0].terminate(Duration::from_secs(30)),
+        Some(0)
+    );
+    let connection = locality_broker::connect(&broker.tenant_url("demo-eu"), "test-pipeline")
         .await
         .unwrap();
     let channel = locality_broker::confirm_channel(&connection).await.unwrap();
@@ -470,19 +493,17 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
             .with_content_type(CONTENT_TYPE.into())
             .with_delivery_mode(2)
             .with_message_id(id.as_str().into())
-            .with_headers(headers(&[(
-                AUTHORIZATION_HEADER,
-                AMQPValue::LongString(format!("Bearer {}", api_key("demo-eu")).into()),
-            )]))
+            .with_user_id("demo-eu".into())
     };
     let medium = json!([{ "name": "medium", "width": 800, "height": 800, "format": "webp" }]);
-    // Every message is published before any confirm is awaited: the backlog lands at once.
-    let submissions = (0..500)
+    const BATCH: usize = 500;
+    const URGENT: usize = 20;
+    let submissions = (0..BATCH)
         .map(|n| {
             let body = envelope("demo-eu", "backlog.jpg", "batch", medium.clone());
             (body, format!("batch-{n}"))
         })
-        .chain((0..20).map(|n| {
+        .chain((0..URGENT).map(|n| {
             let body = envelope("demo-eu", "urgent.jpg", "interactive", thumb());
             (body, format!("urgent-{n}"))
         }));
@@ -505,6 +526,11 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
         assert!(confirm.await.unwrap().is_ack());
     }
     let _ = connection.close(200, "done".into()).await;
+    assert_eq!(
+        broker.queue_length("scheduler", SUBMIT_QUEUE).await as usize,
+        BATCH + URGENT
+    );
+    cluster.restart_scheduler(0).await;
 
     let is_urgent = |s: &Seen| {
         s.correlation_id
@@ -513,11 +539,9 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
     };
     let published = cluster
         .results
-        .wait_until(
-            "the 20 interactive jobs",
-            Duration::from_secs(300),
-            |seen| seen.iter().filter(|s| is_urgent(s)).count() == 20,
-        )
+        .wait_until("the interactive jobs", Duration::from_secs(300), |seen| {
+            seen.iter().filter(|s| is_urgent(s)).count() == URGENT
+        })
         .await;
     let batch_done = published.iter().filter(|s| !is_urgent(s)).count();
     assert!(
@@ -526,16 +550,21 @@ async fn interactive_jobs_overtake_a_batch_backlog() {
             .all(|s| s.result.outcome == JobOutcome::Succeeded),
         "{published:#?}"
     );
+    // Batch jobs that can finish before the last interactive one: those whose
+    // submissions the scheduler was already handling when the interactive ones reached
+    // it (it takes interactive submissions first from what it has read ahead), plus
+    // what the worker was running and had prefetched when they reached its queue.
+    let bound = INTAKE_CONCURRENCY + 2 * WORKER_SLOTS;
+    eprintln!("the interactive jobs were all done after {batch_done} of {BATCH} batch jobs (bound {bound})");
     assert!(
-        batch_done < 500,
-        "the backlog drained ({batch_done} batch jobs done) before the interactive jobs finished"
+        batch_done <= bound,
+        "{batch_done} batch jobs finished before the last interactive one (bound {bound})"
     );
-    eprintln!("interactive jobs all done after {batch_done} of 500 batch jobs");
-    // And the backlog itself still completes.
+    // And the backlog itself still completes, each job once.
     cluster
         .results
         .wait_until("the whole backlog", Duration::from_secs(600), |seen| {
-            seen.len() == 520
+            seen.len() == BATCH + URGENT
         })
         .await;
 }
@@ -555,7 +584,7 @@ async fn the_python_example_submits_over_amqp_and_gets_its_result() {
             env!("CARGO_MANIFEST_DIR"),
             "/../examples/upload_pipeline.py"
         ))
-        .args(["--amqp-url", &broker.url("scheduler")])
+        .args(["--amqp-url", &broker.tenant_url("demo-eu")])
         .args(["--http-url", &cluster.base_url])
         .args(["--api-key", &api_key("demo-eu"), "--tenant", "demo-eu"])
         .arg(&photo)
@@ -641,4 +670,292 @@ async fn a_workers_metrics_are_its_own_not_the_schedulers() {
         3.0
     );
     assert!(!scheduler.contains("locality_worker_"), "{scheduler}");
+}
+
+/// RabbitMQ's own refusal of an operation: the channel is closed with this reply code.
+fn refused_with(error: &lapin::Error, code: u16) -> bool {
+    format!("{error:?}").contains(&code.to_string())
+        || format!("{error}").contains(match code {
+            403 => "ACCESS_REFUSED",
+            406 => "PRECONDITION_FAILED",
+            _ => "?",
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_pipeline_user_submits_and_reads_results_only_as_its_own_tenant() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    cluster.upload("demo-eu", "mine.jpg", small_photo()).await;
+    let connect = || async {
+        let connection = locality_broker::connect(&broker.tenant_url("demo-eu"), "test-tenant")
+            .await
+            .expect("demo-eu's pipeline user connects to the scheduler's vhost");
+        let channel = locality_broker::confirm_channel(&connection).await.unwrap();
+        (connection, channel)
+    };
+    let publish = |channel: lapin::Channel, routing_key: &'static str, user: &'static str| async move {
+        let body = envelope("demo-eu", "mine.jpg", "interactive", thumb()).to_string();
+        let properties = BasicProperties::default()
+            .with_content_type(CONTENT_TYPE.into())
+            .with_message_id(format!("acl-{routing_key}-{user}").as_str().into())
+            .with_user_id(user.into());
+        let confirm = channel
+            .basic_publish(
+                SUBMIT_EXCHANGE.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await?;
+        confirm.await.map(|_| ())
+    };
+    let bind = |channel: lapin::Channel, key: &'static str| async move {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                locality_proto::topology::RESULTS_EXCHANGE.into(),
+                key.into(),
+                Default::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .map(|_| queue.name().to_string())
+    };
+
+    // Its own tenant, its own results: allowed, and the result arrives on its binding.
+    let (connection, channel) = connect().await;
+    let own = bind(channel.clone(), "demo-eu.*")
+        .await
+        .expect("binds demo-eu.*");
+    publish(channel.clone(), "demo-eu", "demo-eu")
+        .await
+        .expect("publishes as demo-eu");
+    let mut consumer = channel
+        .basic_consume(
+            own.as_str().into(),
+            "test-own".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::StreamExt::next(&mut consumer),
+    )
+    .await
+    .expect("the result arrives")
+    .unwrap()
+    .unwrap();
+    assert_eq!(delivery.routing_key.as_str(), "demo-eu.succeeded");
+    let _ = connection.close(200, "done".into()).await;
+
+    // Another tenant's routing key on locality.submit: refused by the broker.
+    let (_connection, channel) = connect().await;
+    let err = publish(channel, "demo-ca", "demo-eu")
+        .await
+        .expect_err("publishing as demo-ca");
+    assert!(refused_with(&err, 403), "{err:?}");
+    // Another tenant's results: refused.
+    let (_connection, channel) = connect().await;
+    let err = bind(channel, "demo-ca.*")
+        .await
+        .expect_err("binding demo-ca.*");
+    assert!(refused_with(&err, 403), "{err:?}");
+    // Every tenant's results: refused.
+    let (_connection, channel) = connect().await;
+    let err = bind(channel, "#").await.expect_err("binding #");
+    assert!(refused_with(&err, 403), "{err:?}");
+    // A forged user_id: refused.
+    let (_connection, channel) = connect().await;
+    let err = publish(channel, "demo-eu", "demo-ca")
+        .await
+        .expect_err("a forged user_id");
+    assert!(refused_with(&err, 406), "{err:?}");
+    // The queue of everyone's submissions: not readable.
+    let (_connection, channel) = connect().await;
+    let err = channel
+        .basic_get(
+            SUBMIT_QUEUE.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect_err("reading locality.submit");
+    assert!(refused_with(&err, 403), "{err:?}");
+    // Results for another tenant's pipeline could not be published either.
+    let (_connection, channel) = connect().await;
+    let err = channel
+        .basic_publish(
+            locality_proto::topology::RESULTS_EXCHANGE.into(),
+            "demo-eu.succeeded".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect_err("publishing a result");
+    assert!(refused_with(&err, 403), "{err:?}");
+    assert_eq!(
+        cluster.results.published().len(),
+        1,
+        "only the one real result"
+    );
+}
+
+/// A job message published straight to eu's queue with eu's own credentials (as a
+/// compromised publisher in eu could) for a tenant not pinned to eu, or with an output
+/// outside its source's asset, is refused by the worker before it touches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_jobs_for_other_regions_tenants_or_outside_their_asset() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    cluster.upload("demo-eu", "own.jpg", small_photo()).await;
+    let before = cluster.objects("eu").await;
+    let job = |tenant: &str, asset_of_output: &str| {
+        json!({
+            "v": 1,
+            "job_id": uuid::Uuid::new_v4(),
+            "tenant": tenant,
+            "region": "eu",
+            "source_key": format!("{tenant}/subjects/_/assets/a1/original/own.jpg"),
+            "outputs": [{
+                "name": "t", "width": 64, "height": 64, "fit": "inside", "format": "jpeg",
+                "quality": 80, "upscale": false,
+                "key": format!("{tenant}/subjects/_/assets/{asset_of_output}/outputs/t.jpg"),
+            }],
+            "priority": "interactive",
+        })
+    };
+    let properties = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_headers(headers(&[(SCHEMA_HEADER, AMQPValue::LongUInt(1))]));
+    for message in [job("demo-ca", "a1"), job("demo-eu", "someone-elses")] {
+        publish_raw(
+            &broker.url("eu"),
+            JOBS_EXCHANGE,
+            "interactive",
+            message.to_string().as_bytes(),
+            properties.clone(),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = cluster.worker_metrics("eu").await;
+        let refused = |code| {
+            metric_sum(
+                &metrics,
+                "locality_worker_jobs_total",
+                &[("outcome", "refused"), ("code", code)],
+            )
+        };
+        if refused("tenant_not_in_region") == 1.0 && refused("key_outside_asset") == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not refuse both:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cluster.objects("eu").await,
+        before,
+        "a refused job wrote something"
+    );
+}
+
+/// Region eu's broker is unreachable (a partition between it and every process) for
+/// 60 s while jobs for eu and ca are submitted: ca's all finish during the outage, eu's
+/// wait, and each gets exactly one result after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regions_broker_outage_holds_up_only_that_region_and_loses_nothing() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let mut proxy = common::proxy::Proxy::start(&format!("127.0.0.1:{}", broker.port)).await;
+    let eu_url = broker
+        .url("eu")
+        .replace(&format!(":{}/", broker.port), &format!(":{}/", proxy.port));
+    let spec = ClusterSpec::regions(&["eu", "ca"]).edit(move |config| {
+        let eu = config
+            .regions
+            .get_mut(&common::config::region("eu"))
+            .unwrap();
+        eu.amqp_url = Some(eu_url);
+    });
+    let cluster = Cluster::start(&broker, spec).await;
+    for tenant in ["demo-eu", "demo-ca"] {
+        cluster.upload(tenant, "outage.jpg", small_photo()).await;
+    }
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let (mut eu_jobs, mut ca_jobs) = (BTreeSet::new(), BTreeSet::new());
+    for _ in 0..10 {
+        for (tenant, jobs) in [("demo-eu", &mut eu_jobs), ("demo-ca", &mut ca_jobs)] {
+            let body = envelope(tenant, "outage.jpg", "batch", thumb());
+            jobs.insert(cluster.submit_job(tenant, &body).await);
+        }
+    }
+    cluster
+        .results
+        .wait_until(
+            "every ca job during the outage",
+            Duration::from_secs(50),
+            |seen| all_reported(seen, &ca_jobs),
+        )
+        .await;
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(60),
+        "ca's jobs finished only after the outage"
+    );
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(cut_at.elapsed())).await;
+    assert!(
+        cluster.results.count_per_job(&eu_jobs).is_empty(),
+        "an eu job finished while eu's broker was unreachable"
+    );
+    for id in &eu_jobs {
+        let record = cluster.status("demo-eu", id).await;
+        assert_eq!(record["status"], "queued", "{record}");
+    }
+    proxy.restore().await;
+
+    cluster
+        .results
+        .wait_until(
+            "every eu job after the outage",
+            Duration::from_secs(120),
+            |seen| all_reported(seen, &eu_jobs),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for jobs in [&eu_jobs, &ca_jobs] {
+        let per_job = cluster.results.count_per_job(jobs);
+        assert_eq!(per_job.len(), jobs.len());
+        assert!(per_job.values().all(|n| *n == 1), "{per_job:?}");
+    }
 }

@@ -454,6 +454,8 @@ async fn transient_failures_are_retried_then_dead_lettered_on_the_embedded_defau
             "attempt {attempt} is not in the log"
         );
     }
+    // eu's configured store failed; nothing fell back to local disk.
+    assert!(files_under(&embedded.region_dir("eu")).is_empty());
     // Another region is not affected.
     let good = embedded
         .run_job(

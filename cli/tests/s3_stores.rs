@@ -145,12 +145,12 @@ fn the_worker_process_refuses_to_start_on_another_regions_store() {
         command
             .arg("--config")
             .arg(&config_path)
-            .args(["worker", "--region", "eu"])
+            .args(["worker", "--demo", "--region", "eu"])
             .env("LOCALITY__REGIONS__EU__AMQP_URL", "amqp://127.0.0.1:1/eu");
         command
     };
 
-    let output = run_briefly(
+    let output = common::process::run_briefly(
         worker()
             .env(
                 "LOCALITY__REGIONS__EU__STORE",
@@ -179,36 +179,13 @@ fn the_worker_process_refuses_to_start_on_another_regions_store() {
     sg.store = Some(sg_url.clone());
     sg.store_options.clear();
     common::config::write(&config, dir.path());
-    let output = run_briefly(worker().args(["--store", &sg_url]));
+    let output = common::process::run_briefly(worker().args(["--store", &sg_url]));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "started on sg's store: {stderr}");
     assert!(
         stderr.contains("residency") && stderr.contains("region sg"),
         "{stderr}"
     );
-}
-
-/// Runs a command that should exit at once; kills it (and fails) if it is still running
-/// after 30 s, e.g. because it started and went on to wait for a broker.
-fn run_briefly(command: &mut std::process::Command) -> std::process::Output {
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "still running after 30 s: it started instead of refusing\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// A JPEG of about 50 MB: 3500×3500 noise at quality 100.

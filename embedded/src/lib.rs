@@ -10,16 +10,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use locality_http::ApiError;
 use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::store::StoreError as ControlStoreError;
-use locality_scheduler::{
-    Control, DispatchError, JobDispatch, JobStore, Region, SourceStore, Uploads,
-};
-use locality_worker::ingest::{store_failure, store_original};
+use locality_scheduler::{Control, DispatchError, JobDispatch, JobStore, Region, SourceStore};
+use locality_worker::ingest::Uploads;
 use locality_worker::serve::serve;
 use locality_worker::transport::in_process::{in_process_queue, ChannelEvents, InProcessQueue};
 use locality_worker::{RegionStores, StoreError, WorkerContext, WorkerMetrics};
@@ -73,21 +70,20 @@ impl JobDispatch for InProcessDispatch {
     }
 }
 
-/// Uploads written straight into the region's stores, as its ingest endpoint would.
-struct StoreUploads(RegionStores);
+/// Uploads received straight into the region's stores, as its ingest endpoint would.
+struct StoreUploads(Uploads);
 
 impl SourceStore for StoreUploads {
     fn put_original<'a>(
         &'a self,
         object_key: &'a str,
-        body: Bytes,
-    ) -> BoxFuture<'a, Result<(), ApiError>> {
-        async move {
-            store_original(&self.0, object_key, body)
-                .await
-                .map_err(store_failure)
-        }
-        .boxed()
+        declared_length: Option<u64>,
+        limit: u64,
+        body: axum::body::Body,
+    ) -> BoxFuture<'a, Result<u64, ApiError>> {
+        self.0
+            .receive(object_key, declared_length, limit, body)
+            .boxed()
     }
 }
 
@@ -152,7 +148,7 @@ impl Embedded {
             let (queue, source) = in_process_queue();
             let context = Arc::new(WorkerContext::new(
                 stores.clone(),
-                config.limits,
+                &config,
                 cpu_pool.clone(),
                 &worker_metrics,
             ));
@@ -165,7 +161,9 @@ impl Embedded {
                 region: region.clone(),
                 queue: queue.clone(),
             });
-            let uploads = Uploads::Store(Arc::new(StoreUploads(stores)));
+            let uploads = locality_scheduler::UploadRoute::Store(Arc::new(StoreUploads(
+                Uploads::new(stores, &config),
+            )));
             regions.insert(region.clone(), Region { dispatch, uploads });
             infos.push(RegionInfo {
                 region: region.clone(),

@@ -2,6 +2,10 @@
 //! ingest endpoint. Errors are `{"error": {"code": ..., "message": ...}}` with a
 //! stable [`ErrorCode`] whose status is the code's own.
 
+pub mod serve;
+
+pub use serve::{serve, ServeLimits};
+
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -46,6 +50,27 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
         (self.status(), Json(body)).into_response()
     }
+}
+
+/// Closes the connection after this response: for an upload answered without reading
+/// its whole body, so a client that sent it anyway (no `Expect: 100-continue`) is not
+/// drained.
+pub fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// The length a request says its body has.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The tenant whose API key is in `Authorization: Bearer API_KEY`.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::OutputSpec;
 pub use crate::ids::{RegionId, TenantId};
 pub use crate::limits::Limits;
+use crate::stores::StoreIdentity;
 
 /// The whole configuration file. Unknown fields are errors so typos fail loudly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,20 +117,11 @@ pub struct RegionConfig {
 }
 
 impl RegionConfig {
-    /// Where the store lives, for telling two regions' stores apart: the URL plus its endpoint.
-    pub fn store_identity(&self) -> Option<String> {
-        let url = self.store.as_deref()?.trim_end_matches('/');
-        if url.starts_with("file:") {
-            // A local path is the whole identity; endpoint options do not apply.
-            return Some(url.to_string());
-        }
-        let endpoint = self
-            .store_options
-            .get("endpoint")
-            .or_else(|| self.store_options.get("aws_endpoint"))
-            .map(|e| e.trim_end_matches('/'))
-            .unwrap_or("");
-        Some(format!("{url} @ {endpoint}"))
+    /// Where the store's objects live (see [`StoreIdentity`]); `None` without a store URL.
+    pub fn store_identity(&self) -> Option<Result<StoreIdentity, String>> {
+        self.store
+            .as_deref()
+            .map(|url| StoreIdentity::of(url, &self.store_options))
     }
 }
 
@@ -152,6 +144,14 @@ pub struct TenantConfig {
     /// originals and outputs in that region go there instead of the region's store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stores: BTreeMap<RegionId, TenantStore>,
+    /// Largest upload of one original for this tenant; `limits.max_upload_bytes` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upload_bytes: Option<u64>,
+    /// The broker user of the tenant's upload pipeline on the scheduler's vhost; its
+    /// submissions are the tenant's (RabbitMQ validates the `user_id` property). The
+    /// tenant id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_user: Option<String>,
 }
 
 /// A tenant's own store in one region (same URL forms and options as a region's store).
@@ -236,29 +236,32 @@ impl Config {
         if self.regions.is_empty() {
             return Err(invalid("regions", "at least one region is required"));
         }
-        let mut stores: BTreeMap<String, &RegionId> = BTreeMap::new();
-        for (field, id, region) in &self.declared_stores() {
+        let mut stores: Vec<(StoreIdentity, &RegionId, &str)> = Vec::new();
+        let declared = self.declared_stores();
+        for (field, id, region) in &declared {
             let Some(identity) = region.store_identity() else {
                 continue;
             };
-            let scheme = identity.split("://").next().unwrap_or_default();
-            if ![
-                "file", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "memory",
-            ]
-            .contains(&scheme)
-            {
+            let identity = identity.map_err(|reason| invalid(field.clone(), reason))?;
+            let shared = stores
+                .iter()
+                .find(|(seen, other, _)| other != id && seen.overlaps(&identity));
+            if let Some((_, other, other_field)) = shared {
                 return Err(invalid(
                     field.clone(),
-                    "must be a file://, s3://, gs:// or az:// URL",
+                    format!("is the same store as region {other}'s ({other_field}: {identity}): a store belongs to exactly one region"),
                 ));
             }
-            if let Some(other) = stores.insert(identity, id) {
-                if other != *id {
-                    return Err(invalid(
-                        field.clone(),
-                        format!("is the same store as region {other}'s: a store belongs to exactly one region"),
-                    ));
-                }
+            stores.push((identity, id, field));
+        }
+        let mut broker_users: BTreeMap<&str, &TenantId> = BTreeMap::new();
+        for (id, tenant) in &self.tenants {
+            let user = tenant.broker_user.as_deref().unwrap_or(id.as_str());
+            if let Some(other) = broker_users.insert(user, id) {
+                return Err(invalid(
+                    format!("tenants.{id}.broker_user"),
+                    format!("broker user {user:?} is tenant {other}'s too: each tenant's pipeline needs its own"),
+                ));
             }
         }
         for (id, tenant) in &self.tenants {
@@ -318,8 +321,16 @@ impl Config {
                 }
             }
         }
-        if self.limits.max_source_pixels == 0 || self.limits.worker_pixel_budget == 0 {
-            return Err(invalid("limits", "pixel limits must be positive"));
+        let limits = &self.limits;
+        if limits.max_source_pixels == 0
+            || limits.worker_memory_budget == 0
+            || limits.max_output_pixels == 0
+            || limits.job_timeout_seconds == 0
+            || limits.max_upload_bytes == 0
+            || limits.max_concurrent_uploads == 0
+            || limits.upload_idle_timeout_seconds == 0
+        {
+            return Err(invalid("limits", "every limit must be positive"));
         }
         if self.jobs.retention_days == 0 {
             return Err(invalid("jobs.retention_days", "must be at least 1"));
@@ -346,6 +357,21 @@ impl Config {
         self.regions
             .iter()
             .find(|(region, _)| region.as_str() == id)
+    }
+
+    /// Largest upload of one original for `tenant`.
+    pub fn max_upload_bytes(&self, tenant: &TenantId) -> u64 {
+        self.tenants
+            .get(tenant)
+            .and_then(|tenant| tenant.max_upload_bytes)
+            .unwrap_or(self.limits.max_upload_bytes)
+    }
+
+    /// The tenant whose upload pipeline connects to the broker as `user`.
+    pub fn tenant_for_broker_user(&self, user: &str) -> Option<&TenantId> {
+        self.tenants.iter().find_map(|(id, tenant)| {
+            (tenant.broker_user.as_deref().unwrap_or(id.as_str()) == user).then_some(id)
+        })
     }
 
     /// The tenant whose API key this is, compared in constant time against every hash.

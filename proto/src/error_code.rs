@@ -70,6 +70,13 @@ error_codes! {
     InvalidField = "invalid_field", http 422, Abort;
     /// An upload with an empty body.
     EmptySource = "empty_source", http 422, Abort;
+    /// An upload larger than the tenant's limit (`max_upload_bytes`); refused from its
+    /// Content-Length before a byte is read, or cut off when it passes the limit.
+    UploadTooLarge = "upload_too_large", http 413, Abort;
+    /// An upload that stopped sending for `limits.upload_idle_timeout_seconds`.
+    UploadStalled = "upload_stalled", http 408, Abort;
+    /// Every upload slot of the region's ingest endpoint is busy; try again.
+    UploadsBusy = "uploads_busy", http 503, Retry;
     /// No job with this id for this tenant.
     JobNotFound = "job_not_found", http 404, Abort;
     /// Uploads for this region go to the region's own ingest endpoint, and none is configured.
@@ -88,6 +95,11 @@ error_codes! {
     CorruptImage = "corrupt_image", http 200, Abort;
     /// The source is over a size limit, read from its header.
     ImageTooLarge = "image_too_large", http 200, Abort;
+    /// The job's whole memory cost (source, decode, outputs, encoders), or its outputs'
+    /// area, is more than the worker may ever hold; the message names the numbers.
+    JobTooLarge = "job_too_large", http 200, Abort;
+    /// The job ran longer than `limits.job_timeout_seconds`.
+    JobTimeout = "job_timeout", http 200, Abort;
     /// No original under the job's source key in the region's store.
     SourceNotFound = "source_not_found", http 200, Abort;
     /// The region's store did not answer, after every retry and redelivery.
@@ -100,10 +112,15 @@ error_codes! {
     EncodeFailed = "encode_failed", http 200, Abort;
     /// An output could not be resized.
     ResizeFailed = "resize_failed", http 200, Abort;
-    /// Residency: the job reached a worker of another region; refused, never rerouted.
-    WrongRegion = "wrong_region", http 200, Abort;
+    /// Residency: a job or an upload reached another region's worker or ingest endpoint;
+    /// refused, never rerouted (the message names the tenant's regions).
+    WrongRegion = "wrong_region", http 421, Abort;
+    /// Residency: the job's tenant is not pinned to the region of the worker it reached.
+    TenantNotInRegion = "tenant_not_in_region", http 200, Abort;
     /// A key of the job lies outside its tenant's area.
     KeyOutsideTenant = "key_outside_tenant", http 200, Abort;
+    /// An output key of the job lies outside the outputs of its source's asset.
+    KeyOutsideAsset = "key_outside_asset", http 200, Abort;
     /// The worker's image code panicked on this job; the worker goes on serving.
     InternalError = "internal_error", http 200, Abort;
     /// A message that could not be read (content type, schema version, JSON): dead-lettered.
@@ -137,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn only_outages_are_retried() {
+    fn only_outages_and_busy_slots_are_worth_trying_again() {
         let retried: Vec<&str> = ErrorCode::ALL
             .iter()
             .filter(|c| c.recovery() == Recovery::Retry)
@@ -146,6 +163,7 @@ mod tests {
         assert_eq!(
             retried,
             [
+                "uploads_busy",
                 "region_unavailable",
                 "service_unavailable",
                 "store_unavailable"

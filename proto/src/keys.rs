@@ -90,6 +90,39 @@ pub fn subject_prefix(tenant: &TenantId, subject: Option<&str>) -> String {
     format!("{tenant}/subjects/{}/", subject.unwrap_or(NO_SUBJECT))
 }
 
+/// The asset prefix (`TENANT/subjects/SUBJECT/assets/ASSET/`) of an original's key,
+/// when the key is an original of `tenant` laid out as [`AssetLocation::original`] does.
+pub fn asset_prefix_of_original(key: &str, tenant: &TenantId) -> Option<String> {
+    let rest = key.strip_prefix(&tenant_prefix(tenant))?;
+    let mut parts = rest.splitn(6, '/');
+    let (subjects, subject, assets, asset, original, source) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let subject_ok = subject == NO_SUBJECT || check_name(subject).is_ok();
+    let well_formed = subjects == "subjects"
+        && assets == "assets"
+        && original == "original"
+        && subject_ok
+        && check_name(asset).is_ok()
+        && check_source_key(source).is_ok();
+    well_formed.then(|| format!("{tenant}/subjects/{subject}/assets/{asset}/"))
+}
+
+/// Whether `key` is an output (`PREFIX/outputs/NAME.EXT`) of the asset at `asset_prefix`.
+pub fn is_output_of(key: &str, asset_prefix: &str) -> bool {
+    key.strip_prefix(asset_prefix)
+        .and_then(|rest| rest.strip_prefix("outputs/"))
+        .and_then(|file| file.rsplit_once('.'))
+        .is_some_and(|(name, extension)| {
+            check_name(name).is_ok() && ["jpg", "png", "webp", "avif"].contains(&extension)
+        })
+}
+
 /// Whether a full object key lies inside the tenant's area.
 pub fn belongs_to_tenant(key: &str, tenant: &TenantId) -> bool {
     key.strip_prefix(&tenant_prefix(tenant))
@@ -138,6 +171,36 @@ mod tests {
         );
         assert!(belongs_to_tenant(&location.original("x.jpg"), &tenant));
         assert!(!belongs_to_tenant("demo-ca/x.jpg", &tenant));
+    }
+
+    #[test]
+    fn outputs_belong_to_the_asset_of_their_original() {
+        let tenant = TenantId::new("demo-eu").unwrap();
+        let location = AssetLocation {
+            tenant: tenant.clone(),
+            subject: Some("user-42".into()),
+            asset: "a1".into(),
+        };
+        let prefix = asset_prefix_of_original(&location.original("2024/x.jpg"), &tenant).unwrap();
+        assert_eq!(prefix, location.prefix());
+        assert!(is_output_of(
+            &location.output("thumb", ImageFormat::Avif),
+            &prefix
+        ));
+        for outside in [
+            "demo-eu/subjects/user-42/assets/a2/outputs/thumb.avif",
+            "demo-eu/subjects/user-42/assets/a1/original/thumb.jpg",
+            "demo-eu/subjects/user-42/assets/a1/outputs/../x.jpg",
+            "demo-eu/subjects/user-42/assets/a1/outputs/a/b.jpg",
+        ] {
+            assert!(!is_output_of(outside, &prefix), "{outside}");
+        }
+        assert!(asset_prefix_of_original("demo-eu/elsewhere/x.jpg", &tenant).is_none());
+        assert!(asset_prefix_of_original(
+            &location.original("x.jpg"),
+            &TenantId::new("demo-ca").unwrap()
+        )
+        .is_none());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`config`]: regions and tenants, loaded from TOML and validated.
 //! - [`validate`]: envelopes checked against the configuration.
 //! - [`result`]: what a worker reports back about a job.
+//! - [`secrets`]: which configuration values are secret, redaction, demo secrets.
+//! - [`stores`]: where a store's objects really live, to keep regions' stores apart.
 //! - [`topology`]: names of exchanges, queues and headers.
 //! - [`privacy`]: API key hashing and client IP pseudonymisation.
 
@@ -20,6 +22,8 @@ pub mod keys;
 pub mod limits;
 pub mod privacy;
 pub mod result;
+pub mod secrets;
+pub mod stores;
 pub mod topology;
 pub mod validate;
 

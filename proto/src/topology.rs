@@ -29,8 +29,6 @@ pub const CONTENT_TYPE: &str = "application/json";
 pub const SCHEMA_HEADER: &str = "locality-schema";
 /// Header with the tenant, so a message whose body cannot be read still gets a result.
 pub const TENANT_HEADER: &str = "locality-tenant";
-/// Header an upload pipeline puts on a submission: `Bearer API_KEY`, as over HTTP.
-pub const AUTHORIZATION_HEADER: &str = "authorization";
 /// Which delivery of a job this is (1 = first), counted by Locality itself: a worker
 /// that gives a job back after a transient failure publishes a copy with this raised.
 pub const ATTEMPT_HEADER: &str = "locality-attempt";

@@ -8,6 +8,7 @@
 //! again in place with backoff rather than requeued, so nothing depends on how a broker
 //! version counts requeues.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,11 +21,11 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use locality_broker::{
-    confirm_channel, json_properties, publish_confirmed, settle, short, text_header,
-    with_text_header, BrokerError, Link,
+    confirm_channel, json_properties, publish_confirmed, settle, short, with_text_header,
+    BrokerError, Link,
 };
 use locality_proto::topology::{
-    events_queue, jobs_queue, AUTHORIZATION_HEADER, CONTENT_TYPE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
+    events_queue, jobs_queue, CONTENT_TYPE, DEAD_LETTER_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
     SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{
@@ -170,8 +171,11 @@ fn job_properties(
 }
 
 const DEPTH_POLL: Duration = Duration::from_secs(2);
-/// Deliveries handled at once per consumer (also its prefetch).
+/// Deliveries handled at once per consumer.
 const CONCURRENT_DELIVERIES: u16 = 32;
+/// Submissions taken from `locality.submit` ahead of handling them, so interactive ones
+/// behind a batch backlog are seen, and handled first, without waiting for it.
+const SUBMISSION_WINDOW: u16 = 1024;
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
@@ -231,10 +235,11 @@ async fn consume(
     connection: &Connection,
     queue: &str,
     consumer_tag: &str,
+    prefetch: u16,
 ) -> Result<(Channel, Consumer), BrokerError> {
     let channel = connection.create_channel().await?;
     channel
-        .basic_qos(CONCURRENT_DELIVERIES, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let consumer = channel
         .basic_consume(
@@ -247,10 +252,36 @@ async fn consume(
     Ok((channel, consumer))
 }
 
-/// Hands each delivery of `consumer` to `handle` (at most the prefetch at once) until
-/// shutdown or until the connection is lost, then waits for the handlers.
+/// Which lane a delivery waits in: 0 is served before 1.
+type Lane = fn(&Delivery) -> usize;
+
+/// Every delivery in the first lane.
+fn one_lane(_: &Delivery) -> usize {
+    0
+}
+
+/// Interactive submissions before batch ones: read from the envelope's `priority`
+/// (interactive when it cannot be read, so a refusal is not kept waiting).
+fn submission_lane(delivery: &Delivery) -> usize {
+    #[derive(serde::Deserialize)]
+    struct PriorityOnly {
+        #[serde(default)]
+        priority: Priority,
+    }
+    match serde_json::from_slice::<PriorityOnly>(&delivery.data) {
+        Ok(PriorityOnly {
+            priority: Priority::Batch,
+        }) => 1,
+        _ => 0,
+    }
+}
+
+/// Hands each delivery of `consumer` to `handle`, at most [`CONCURRENT_DELIVERIES`] at
+/// once, taking waiting deliveries from the first lane before the second, until shutdown
+/// or until the connection is lost; then gives back what waits and finishes what runs.
 async fn deliveries<F, Fut>(
     mut consumer: Consumer,
+    lane: Lane,
     link: &Link,
     shutdown: &CancellationToken,
     mut handle: F,
@@ -259,21 +290,31 @@ where
     F: FnMut(Delivery) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut lanes: [VecDeque<Delivery>; 2] = Default::default();
     let mut handlers = JoinSet::new();
     let outcome = loop {
+        while handlers.len() < usize::from(CONCURRENT_DELIVERIES) {
+            match lanes.iter_mut().find_map(VecDeque::pop_front) {
+                Some(delivery) => {
+                    handlers.spawn(handle(delivery));
+                }
+                None => break,
+            }
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = link.lost.cancelled() => break Err(BrokerError::ConnectionLost),
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             delivery = consumer.next() => match delivery {
-                Some(Ok(delivery)) => {
-                    handlers.spawn(handle(delivery));
-                    while handlers.try_join_next().is_some() {}
-                }
+                Some(Ok(delivery)) => lanes[lane(&delivery).min(1)].push_back(delivery),
                 Some(Err(err)) => break Err(err.into()),
                 None => break Err(BrokerError::ConnectionLost),
             },
         }
     };
+    for delivery in lanes.iter_mut().flat_map(|lane| lane.drain(..)) {
+        settle::requeue(&delivery, "delivery not yet handled").await;
+    }
     while handlers.join_next().await.is_some() {}
     outcome
 }
@@ -320,17 +361,14 @@ async fn region_session(
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let setup = connection.create_channel().await?;
-    locality_broker::topology::declare_region(
-        &setup,
-        &region.region,
-        control.config().limits.delivery_limit,
-    )
-    .await?;
+    locality_broker::topology::declare_region(&setup, &region.region, &control.config().limits)
+        .await?;
     region.jobs.set(Some(confirm_channel(&connection).await?));
     let (events_channel, events) = consume(
         &connection,
         &events_queue(&region.region),
         &format!("locality-scheduler-events-{}", region.region),
+        CONCURRENT_DELIVERIES,
     )
     .await?;
     link.ready();
@@ -348,7 +386,7 @@ async fn region_session(
         }
     });
     let id = region.region.clone();
-    let outcome = deliveries(events, &link, &shutdown, |delivery| {
+    let outcome = deliveries(events, one_lane, &link, &shutdown, |delivery| {
         let (control, id, shutdown) = (control.clone(), id.clone(), shutdown.clone());
         async move { relay_event(&control, &id, delivery, &shutdown).await }
     })
@@ -426,13 +464,17 @@ async fn scheduler_session(
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
     let setup = connection.create_channel().await?;
-    locality_broker::topology::declare_scheduler(&setup, control.config().limits.delivery_limit)
-        .await?;
+    locality_broker::topology::declare_scheduler(&setup, &control.config().limits).await?;
     results.0.set(Some(confirm_channel(&connection).await?));
-    let (submit_channel, submissions) =
-        consume(&connection, SUBMIT_QUEUE, "locality-scheduler-submit").await?;
+    let (submit_channel, submissions) = consume(
+        &connection,
+        SUBMIT_QUEUE,
+        "locality-scheduler-submit",
+        SUBMISSION_WINDOW,
+    )
+    .await?;
     link.ready();
-    let outcome = deliveries(submissions, &link, &shutdown, |delivery| {
+    let outcome = deliveries(submissions, submission_lane, &link, &shutdown, |delivery| {
         let (control, results, shutdown) = (control.clone(), results.clone(), shutdown.clone());
         async move { handle_submission(&control, &results, delivery, &shutdown).await }
     })
@@ -444,8 +486,54 @@ async fn scheduler_session(
     outcome
 }
 
-/// One envelope from `locality.submit`. Authenticated like HTTP (header
-/// `authorization: Bearer API_KEY`); the routing key must be the tenant.
+/// Why a submission goes to `locality.submit.dead`, and what is kept of it there: its
+/// ids and a digest, never its body (which may carry a raw client IP).
+#[derive(serde::Serialize)]
+struct DeadSubmission<'a> {
+    reason: &'a str,
+    code: ErrorCode,
+    message_id: Option<String>,
+    user_id: Option<String>,
+    routing_key: &'a str,
+    body_bytes: usize,
+    body_sha256: String,
+}
+
+impl<'a> DeadSubmission<'a> {
+    fn of(delivery: &'a Delivery, code: ErrorCode, reason: &'a str) -> Self {
+        use sha2::Digest;
+        let properties = &delivery.properties;
+        Self {
+            reason,
+            code,
+            message_id: properties.message_id().as_ref().map(|id| id.to_string()),
+            user_id: properties.user_id().as_ref().map(|id| id.to_string()),
+            routing_key: delivery.routing_key.as_str(),
+            body_bytes: delivery.data.len(),
+            body_sha256: hex::encode(sha2::Sha256::digest(&delivery.data)),
+        }
+    }
+}
+
+impl AmqpResults {
+    /// Keeps a note of a submission that could not be taken, in `locality.submit.dead`.
+    async fn dead_letter_note(&self, note: &DeadSubmission<'_>) -> Result<(), BrokerError> {
+        let channel = self.0.get()?;
+        let payload = serde_json::to_vec(note).expect("notes serialise");
+        publish_confirmed(
+            &channel,
+            DEAD_LETTER_EXCHANGE,
+            "",
+            &payload,
+            json_properties(ENVELOPE_VERSION),
+        )
+        .await
+    }
+}
+
+/// One envelope from `locality.submit`. The tenant is the one whose pipeline's broker
+/// user published it: RabbitMQ checks the `user_id` property against the connection's
+/// user, so it cannot be forged; the routing key must be that tenant too.
 async fn handle_submission(
     control: &Control,
     results: &AmqpResults,
@@ -454,16 +542,23 @@ async fn handle_submission(
 ) {
     let properties = &delivery.properties;
     let what = "submission";
-    let tenant = text_header(properties, AUTHORIZATION_HEADER)
-        .and_then(|value| value.strip_prefix("Bearer ").map(|k| k.trim().to_string()))
-        .and_then(|key| control.config().tenant_for_api_key(&key).cloned());
+    let user = properties.user_id().as_ref().map(|user| user.to_string());
+    let tenant = user
+        .as_deref()
+        .and_then(|user| control.config().tenant_for_broker_user(user).cloned());
     let Some(tenant) = tenant else {
-        tracing::warn!(
-            routing_key = %delivery.routing_key,
-            "submission without a valid API key dead-lettered"
-        );
+        let reason = match &user {
+            None => "no user_id property: the publisher is unknown".to_string(),
+            Some(user) => format!("broker user {user:?} is no tenant's pipeline"),
+        };
+        tracing::warn!(routing_key = %delivery.routing_key, %reason, "submission from no known tenant dead-lettered");
         control.count_refusal(ErrorCode::Unauthorised);
-        settle::dead_letter(&delivery, what).await;
+        let note = DeadSubmission::of(&delivery, ErrorCode::Unauthorised, &reason);
+        if until_done(what, shutdown, || results.dead_letter_note(&note)).await {
+            settle::ack(&delivery, what).await;
+        } else {
+            settle::requeue(&delivery, what).await;
+        }
         return;
     };
     let correlation_id = properties
@@ -516,26 +611,34 @@ async fn handle_submission(
             }
         }
     };
-    // Unreadable messages are poison: failed result, then the dead-letter queue.
+    // Unreadable messages are poison: a failed result, and a note in the dead-letter queue.
     let (outcome, code, dead_letter) = match &refused {
         SubmitError::Refused(refusal) if refusal.is_unreadable() => {
             (JobOutcome::Failed, ErrorCode::MalformedMessage, true)
         }
         other => (JobOutcome::Refused, other.code(), false),
     };
+    let reason = refused.to_string();
     let result = JobResult::unsuccessful(
         uuid::Uuid::new_v4(),
         tenant.clone(),
         control.config().tenants[&tenant].home.clone(),
         outcome,
-        JobError::new(code, refused.to_string()),
+        JobError::new(code, reason.clone()),
         correlation_id,
     );
-    if !until_done(what, shutdown, || results.publish_now(&result)).await {
-        settle::requeue(&delivery, what).await;
-    } else if dead_letter {
-        settle::dead_letter(&delivery, what).await;
-    } else {
+    let note = DeadSubmission::of(&delivery, code, &reason);
+    let settled = until_done(what, shutdown, || async {
+        results.publish_now(&result).await?;
+        if dead_letter {
+            results.dead_letter_note(&note).await?;
+        }
+        Ok::<(), BrokerError>(())
+    })
+    .await;
+    if settled {
         settle::ack(&delivery, what).await;
+    } else {
+        settle::requeue(&delivery, what).await;
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::SchedulerMetrics;
-use crate::regions::{Region, Uploads};
+use crate::regions::{Region, UploadRoute};
 use crate::store::{
     now_millis, Inserted, JobFilter, JobRecord, JobStore, NewJob, Recorded, StoreError,
 };
@@ -140,7 +140,7 @@ impl Control {
         &self.config
     }
 
-    pub fn uploads(&self, region: &RegionId) -> Option<&Uploads> {
+    pub fn uploads(&self, region: &RegionId) -> Option<&UploadRoute> {
         self.regions.get(region).map(|region| &region.uploads)
     }
 

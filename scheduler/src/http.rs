@@ -3,21 +3,22 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use locality_http::{
-    authenticate, metrics_response, upload_created, upload_location, ApiError, SourceQuery,
+    authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
+    ApiError, SourceQuery,
 };
 use locality_proto::ErrorCode;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::control::{Control, SubmitError, Submitted};
-use crate::regions::Uploads;
+use crate::regions::UploadRoute;
 use crate::store::{JobFilter, JobRecord, StoreError};
 
 #[derive(Clone)]
@@ -28,13 +29,8 @@ struct HttpState {
 
 /// The scheduler's API. `registry` is the process's: `/metrics` renders all of it.
 pub fn router(control: Arc<Control>, registry: prometheus::Registry) -> Router {
-    let upload_limit =
-        usize::try_from(control.config().limits.max_source_bytes).unwrap_or(usize::MAX);
     Router::new()
-        .route(
-            "/v1/sources/{*key}",
-            put(put_source).layer(DefaultBodyLimit::max(upload_limit)),
-        )
+        .route("/v1/sources/{*key}", put(put_source))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(job_status))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -63,42 +59,62 @@ async fn put_source(
     Path(key): Path<String>,
     Query(query): Query<SourceQuery>,
     RawQuery(raw_query): RawQuery,
-    body: Bytes,
+    body: Body,
+) -> Response {
+    match place_source(&state, &headers, &key, &query, raw_query, body).await {
+        Ok(response) => response,
+        Err(error) => closing(error.into_response()),
+    }
+}
+
+async fn place_source(
+    state: &HttpState,
+    headers: &HeaderMap,
+    key: &str,
+    query: &SourceQuery,
+    raw_query: Option<String>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let control = &state.control;
-    let tenant = authenticate(control.config(), &headers).map_err(|e| refused(control, e))?;
-    let (region, location) = upload_location(control.config(), &tenant, &key, &query)
+    // Everything is decided from the request head: with `Expect: 100-continue` the client
+    // has sent no byte of the body yet, and is never asked for one here unless this
+    // process stores it itself.
+    let tenant = authenticate(control.config(), headers).map_err(|e| refused(control, e))?;
+    let (region, location) = upload_location(control.config(), &tenant, key, query)
         .map_err(|refusal| refused(control, refusal.into()))?;
     let store = match control.uploads(&region) {
-        Some(Uploads::Store(store)) => store.clone(),
-        Some(Uploads::Redirect { ingest_url }) => {
+        Some(UploadRoute::Store(store)) => store.clone(),
+        Some(UploadRoute::Redirect { ingest_url }) => {
             let mut location = format!("{}/v1/sources/{key}", ingest_url.trim_end_matches('/'));
             if let Some(raw_query) = raw_query {
                 location = format!("{location}?{raw_query}");
             }
-            return Ok((
+            let redirect = (
                 StatusCode::TEMPORARY_REDIRECT,
                 [(header::LOCATION, location)],
-            )
-                .into_response());
+            );
+            return Ok(closing(redirect.into_response()));
         }
-        Some(Uploads::InRegionOnly) | None => {
+        Some(UploadRoute::InRegionOnly) | None => {
             return Err(ApiError::new(
                 ErrorCode::UploadInRegion,
                 format!("originals for region {region} are written into the region's store by the upload pipeline; no ingest endpoint is configured (regions.{region}.ingest_url)"),
             ))
         }
     };
-    if body.is_empty() {
-        return Err(refused(
-            control,
-            ApiError::new(ErrorCode::EmptySource, "the request body is empty"),
-        ));
-    }
-    let object_key = location.original(&key);
-    let bytes = body.len();
-    store.put_original(&object_key, body).await?;
-    Ok(upload_created(&key, &region, &object_key, &location, bytes))
+    let object_key = location.original(key);
+    let limit = control.config().max_upload_bytes(&tenant);
+    let written = store
+        .put_original(&object_key, declared_length(headers), limit, body)
+        .await
+        .map_err(|error| refused(control, error))?;
+    Ok(upload_created(
+        key,
+        &region,
+        &object_key,
+        &location,
+        written as usize,
+    ))
 }
 
 /// `POST /v1/jobs`: validates, routes and enqueues a job; 202 with its id and region

@@ -17,5 +17,5 @@ pub mod regions;
 pub mod store;
 
 pub use control::{Control, Readiness, RelayError, ResultSink, SubmitError, Submitted};
-pub use regions::{DispatchError, JobDispatch, Region, SourceStore, Uploads};
+pub use regions::{DispatchError, JobDispatch, Region, SourceStore, UploadRoute};
 pub use store::{JobRecord, JobStore};

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use locality_http::ApiError;
 use locality_proto::JobMessage;
@@ -26,18 +25,22 @@ pub trait JobDispatch: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 }
 
-/// Writes originals into a region's store, for the one-process embedded mode.
+/// Writes originals into a region's store, for the one-process embedded mode: the
+/// same streaming receipt as a region's ingest endpoint.
 pub trait SourceStore: Send + Sync + 'static {
+    /// Streams `body` (at most `limit` bytes) into `object_key`; returns its length.
     fn put_original<'a>(
         &'a self,
         object_key: &'a str,
-        body: Bytes,
-    ) -> BoxFuture<'a, Result<(), ApiError>>;
+        declared_length: Option<u64>,
+        limit: u64,
+        body: axum::body::Body,
+    ) -> BoxFuture<'a, Result<u64, ApiError>>;
 }
 
 /// Where originals for a region go.
 #[derive(Clone)]
-pub enum Uploads {
+pub enum UploadRoute {
     /// Written by this process into the region's store (`locality up`).
     Store(Arc<dyn SourceStore>),
     /// Never through the control plane: 307 to the region's ingest endpoint.
@@ -51,5 +54,5 @@ pub enum Uploads {
 #[derive(Clone)]
 pub struct Region {
     pub dispatch: Arc<dyn JobDispatch>,
-    pub uploads: Uploads,
+    pub uploads: UploadRoute,
 }

@@ -1,46 +1,72 @@
-//! The worker's pixel budget: decoded pixels in flight across all its jobs.
+//! The worker's memory budget: bytes that its jobs may hold at once, across all of them.
 //!
-//! Memory is bounded by pixels, not by job count: one 20 Mpx photo and many
-//! thumbnails-from-small-sources cost what their decodes cost.
+//! A job reserves its whole cost before it fetches its source (source bytes, decoded
+//! pixels, every output buffer and encoder; see `pipeline::memory_cost`) and keeps it
+//! until its outputs are stored. A job that could never fit is refused, not clamped.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Debug, Clone)]
-pub struct PixelBudget {
-    total: u32,
+pub struct MemoryBudget {
+    total_units: u32,
     semaphore: Arc<Semaphore>,
 }
 
-/// Budget is counted in blocks so it fits the semaphore's u32 permits.
-const PIXELS_PER_PERMIT: u64 = 1024;
+/// The budget is counted in blocks so that it fits the semaphore's u32 permits.
+const BYTES_PER_UNIT: u64 = 64 * 1024;
 
-impl PixelBudget {
-    pub fn new(pixels: u64) -> Self {
-        let total = (pixels / PIXELS_PER_PERMIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
+/// A share of the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+    pub bytes: u64,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> Self {
+        let total_units = (bytes / BYTES_PER_UNIT).clamp(1, u64::from(u32::MAX >> 4)) as u32;
         Self {
-            total,
-            semaphore: Arc::new(Semaphore::new(total as usize)),
+            total_units,
+            semaphore: Arc::new(Semaphore::new(total_units as usize)),
         }
     }
 
-    /// Waits until `pixels` fit. A job larger than the whole budget waits for
-    /// the budget to be entirely free and then runs alone.
-    pub async fn reserve(&self, pixels: u64) -> OwnedSemaphorePermit {
-        let wanted = pixels
-            .div_ceil(PIXELS_PER_PERMIT)
-            .clamp(1, u64::from(self.total)) as u32;
-        self.semaphore
-            .clone()
-            .acquire_many_owned(wanted)
-            .await
-            .expect("the budget semaphore is never closed")
+    /// The whole budget, in bytes.
+    pub fn total(&self) -> u64 {
+        u64::from(self.total_units) * BYTES_PER_UNIT
     }
 
-    /// Pixels currently reserved, for metrics.
+    fn units(bytes: u64) -> u64 {
+        bytes.div_ceil(BYTES_PER_UNIT).max(1)
+    }
+
+    /// Whether `bytes` can ever be reserved.
+    pub fn fits(&self, bytes: u64) -> bool {
+        Self::units(bytes) <= u64::from(self.total_units)
+    }
+
+    /// Waits until `bytes` fit beside what other jobs hold; `None` when they never can.
+    pub async fn reserve(&self, bytes: u64) -> Option<Reservation> {
+        if !self.fits(bytes) {
+            return None;
+        }
+        let permit = self
+            .semaphore
+            .clone()
+            .acquire_many_owned(Self::units(bytes) as u32)
+            .await
+            .expect("the budget semaphore is never closed");
+        Some(Reservation {
+            _permit: permit,
+            bytes,
+        })
+    }
+
+    /// Bytes currently reserved.
     pub fn in_use(&self) -> u64 {
-        u64::from(self.total - self.semaphore.available_permits() as u32) * PIXELS_PER_PERMIT
+        u64::from(self.total_units - self.semaphore.available_permits() as u32) * BYTES_PER_UNIT
     }
 }
 
@@ -49,20 +75,21 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn reservations_wait_for_room_and_oversized_jobs_run_alone() {
-        let budget = PixelBudget::new(10 * 1024);
-        let first = budget.reserve(6 * 1024).await;
-        assert_eq!(budget.in_use(), 6 * 1024);
+    async fn reservations_wait_for_room_and_a_job_larger_than_the_budget_is_refused() {
+        let budget = MemoryBudget::new(10 * BYTES_PER_UNIT);
+        let first = budget.reserve(6 * BYTES_PER_UNIT).await.unwrap();
+        assert_eq!(budget.in_use(), 6 * BYTES_PER_UNIT);
         let waiting = tokio::time::timeout(
             std::time::Duration::from_millis(50),
-            budget.reserve(6 * 1024),
+            budget.reserve(6 * BYTES_PER_UNIT),
         )
         .await;
         assert!(waiting.is_err(), "a reservation past the budget must wait");
         drop(first);
-        let huge = budget.reserve(1_000_000).await;
-        assert_eq!(budget.in_use(), 10 * 1024);
-        drop(huge);
+        assert!(budget.reserve(11 * BYTES_PER_UNIT).await.is_none());
+        let whole = budget.reserve(10 * BYTES_PER_UNIT).await.unwrap();
+        assert_eq!(budget.in_use(), budget.total());
+        drop(whole);
         assert_eq!(budget.in_use(), 0);
     }
 }

@@ -1,55 +1,169 @@
 //! The worker's own HTTP endpoint (`locality worker --listen`): uploads of originals
 //! into this region's store, `/healthz`, `/readyz` and the worker's own `/metrics`.
 //! The scheduler redirects uploads here, so image bytes never pass through it.
+//!
+//! An upload is decided from its request head before a byte of its body is read: the
+//! tenant's API key, the key and region, its declared length against the tenant's
+//! limit, a free upload slot. Only then is the body streamed to the store, a part at a
+//! time, cut off when it passes the limit or stalls. Every refusal closes the
+//! connection, so a client that sent its body without `Expect: 100-continue` is not
+//! drained.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use futures::StreamExt;
 use locality_http::{
-    authenticate, metrics_response, upload_created, upload_location, ApiError, SourceQuery,
+    authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
+    ApiError, SourceQuery,
 };
 use locality_proto::{Config, ErrorCode};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
-use crate::store::{RegionStores, StoreError};
+use crate::store::{RegionStores, StoreError, StreamError};
+
+/// How long an upload waits for a free slot before it is told to come back.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+
+/// Receives uploads into a region's stores, a bounded number at once.
+#[derive(Clone)]
+pub struct Uploads {
+    stores: RegionStores,
+    slots: Arc<Semaphore>,
+    idle_timeout: Duration,
+}
+
+/// Why an upload's body stopped.
+#[derive(Debug)]
+enum Cut {
+    TooLarge { limit: u64 },
+    Stalled { seconds: u64 },
+    Client(String),
+}
+
+impl Uploads {
+    pub fn new(stores: RegionStores, config: &Config) -> Self {
+        Self {
+            stores,
+            slots: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
+            idle_timeout: Duration::from_secs(config.limits.upload_idle_timeout_seconds),
+        }
+    }
+
+    pub fn region(&self) -> &locality_proto::RegionId {
+        self.stores.region()
+    }
+
+    /// Streams `body` into `object_key` once a slot is free; at most `limit` bytes. A
+    /// declared length over the limit is refused before anything is read.
+    pub async fn receive(
+        &self,
+        object_key: &str,
+        declared_length: Option<u64>,
+        limit: u64,
+        body: Body,
+    ) -> Result<u64, ApiError> {
+        let too_large = |limit: u64| {
+            ApiError::new(
+                ErrorCode::UploadTooLarge,
+                format!("the upload is larger than this tenant's limit of {limit} bytes"),
+            )
+        };
+        if declared_length.is_some_and(|length| length > limit) {
+            return Err(too_large(limit));
+        }
+        if declared_length == Some(0) {
+            return Err(empty());
+        }
+        let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::UploadsBusy,
+                    "every upload slot of this region is busy; try again shortly",
+                )
+            })?
+            .expect("the upload slots are never closed");
+        let idle = self.idle_timeout;
+        // Each frame must come within the idle timeout, and the total within the limit.
+        let frames = body.into_data_stream();
+        let guarded = futures::stream::unfold(
+            (frames, 0u64, false),
+            move |(mut frames, received, stopped)| async move {
+                if stopped {
+                    return None;
+                }
+                let cut = match tokio::time::timeout(idle, frames.next()).await {
+                    Err(_) => Cut::Stalled {
+                        seconds: idle.as_secs(),
+                    },
+                    Ok(None) => return None,
+                    Ok(Some(Err(err))) => Cut::Client(err.to_string()),
+                    Ok(Some(Ok(chunk))) => {
+                        let received = received + chunk.len() as u64;
+                        if received <= limit {
+                            return Some((Ok(chunk), (frames, received, false)));
+                        }
+                        Cut::TooLarge { limit }
+                    }
+                };
+                Some((Err(cut), (frames, received, true)))
+            },
+        );
+        let guarded = Box::pin(guarded);
+        let written = self
+            .stores
+            .for_key(object_key)
+            .put_stream(object_key, guarded)
+            .await
+            .map_err(|err| match err {
+                StreamError::Store(err) => store_failure(err),
+                StreamError::Body(Cut::TooLarge { limit }) => too_large(limit),
+                StreamError::Body(Cut::Stalled { seconds }) => ApiError::new(
+                    ErrorCode::UploadStalled,
+                    format!("the upload sent nothing for {seconds} s; cut off"),
+                ),
+                StreamError::Body(Cut::Client(reason)) => ApiError::new(
+                    ErrorCode::InvalidField,
+                    format!("body: the upload broke off: {reason}"),
+                ),
+            })?;
+        if written == 0 {
+            return Err(empty());
+        }
+        Ok(written)
+    }
+}
+
+fn empty() -> ApiError {
+    ApiError::new(ErrorCode::EmptySource, "the request body is empty")
+}
 
 /// What the ingest endpoint needs.
 #[derive(Clone)]
 pub struct IngestState {
     pub config: Arc<Config>,
-    pub stores: RegionStores,
+    pub uploads: Uploads,
     /// The worker's broker connection, for `/readyz`.
     pub connected: Arc<AtomicBool>,
     pub registry: prometheus::Registry,
 }
 
 pub fn router(state: IngestState) -> Router {
-    let upload_limit = usize::try_from(state.config.limits.max_source_bytes).unwrap_or(usize::MAX);
     Router::new()
-        .route(
-            "/v1/sources/{*key}",
-            put(put_source).layer(DefaultBodyLimit::max(upload_limit)),
-        )
+        .route("/v1/sources/{*key}", put(put_source))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-/// Writes an uploaded original into the store its key belongs to in this region (the
-/// region's own, or the tenant's own bucket here).
-pub async fn store_original(
-    stores: &RegionStores,
-    object_key: &str,
-    body: Bytes,
-) -> Result<(), StoreError> {
-    stores.for_key(object_key).put(object_key, body).await
 }
 
 /// A store error as an HTTP answer: 503 when it is worth trying again.
@@ -62,37 +176,55 @@ pub fn store_failure(err: StoreError) -> ApiError {
     ApiError::new(code, err.to_string())
 }
 
-/// `PUT /v1/sources/{key}`: stores the body as an original in this region.
+/// `PUT /v1/sources/{key}`: streams the body into this region's store as an original.
 async fn put_source(
     State(state): State<IngestState>,
     headers: HeaderMap,
     Path(key): Path<String>,
     Query(query): Query<SourceQuery>,
-    body: Bytes,
+    body: Body,
+) -> Response {
+    match receive_source(&state, &headers, &key, &query, body).await {
+        Ok(response) => response,
+        Err(error) => closing(error.into_response()),
+    }
+}
+
+async fn receive_source(
+    state: &IngestState,
+    headers: &HeaderMap,
+    key: &str,
+    query: &SourceQuery,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let tenant = authenticate(&state.config, &headers)?;
-    let (region, location) = upload_location(&state.config, &tenant, &key, &query)?;
-    if &region != state.stores.region() {
+    let config = &state.config;
+    let tenant = authenticate(config, headers)?;
+    let (region, location) = upload_location(config, &tenant, key, query)?;
+    let here = state.uploads.region();
+    if &region != here {
+        let allowed = &config.tenants[&tenant].regions;
+        let allowed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
         return Err(ApiError::new(
-            ErrorCode::RegionNotAllowed,
+            ErrorCode::WrongRegion,
             format!(
-                "this is the ingest endpoint of region {}; tenant {tenant}'s upload is for region {region}",
-                state.stores.region()
+                "this is the ingest endpoint of region {here}; tenant {tenant}'s upload is for region {region} (its regions: {}); send it to that region's endpoint",
+                allowed.join(", ")
             ),
         ));
     }
-    if body.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::EmptySource,
-            "the request body is empty",
-        ));
-    }
-    let object_key = location.original(&key);
-    let bytes = body.len();
-    store_original(&state.stores, &object_key, body)
-        .await
-        .map_err(store_failure)?;
-    Ok(upload_created(&key, &region, &object_key, &location, bytes))
+    let object_key = location.original(key);
+    let limit = config.max_upload_bytes(&tenant);
+    let written = state
+        .uploads
+        .receive(&object_key, declared_length(headers), limit, body)
+        .await?;
+    Ok(upload_created(
+        key,
+        &region,
+        &object_key,
+        &location,
+        written as usize,
+    ))
 }
 
 async fn readyz(State(state): State<IngestState>) -> Response {
@@ -102,7 +234,7 @@ async fn readyz(State(state): State<IngestState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "ready": ready, "region": state.stores.region(), "broker": ready });
+    let body = json!({ "ready": ready, "region": state.uploads.region(), "broker": ready });
     (status, Json(body)).into_response()
 }
 

@@ -1,17 +1,18 @@
 //! One job, start to finish, in the worker's own region:
 //! checks → fetch source → pipeline on rayon → store outputs → result.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use locality_proto::keys::belongs_to_tenant;
+use locality_proto::keys::{asset_prefix_of_original, belongs_to_tenant, is_output_of};
 use locality_proto::{
-    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Limits, OutputInfo, Recovery, RegionId,
-    StageTimings, ENVELOPE_VERSION,
+    Config, ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Limits, OutputInfo, Recovery,
+    RegionId, StageTimings, TenantId, ENVELOPE_VERSION,
 };
 
-use crate::budget::PixelBudget;
+use crate::budget::MemoryBudget;
 use crate::cpu::run_on_pool;
 use crate::metrics::{RegionMetrics, Stage};
 use crate::pipeline::{self, OutputRequest, PipelineError, PipelineOptions};
@@ -20,10 +21,12 @@ use crate::store::{RegionStores, StoreError};
 /// Everything a worker needs to run jobs; all of it belongs to one region.
 pub struct WorkerContext {
     stores: RegionStores,
+    /// Tenants pinned to this region: the only ones whose jobs run here.
+    tenants: BTreeSet<TenantId>,
     pub limits: Limits,
     pub options: PipelineOptions,
     pub cpu_pool: Arc<rayon::ThreadPool>,
-    pub budget: PixelBudget,
+    pub budget: MemoryBudget,
     pub metrics: RegionMetrics,
 }
 
@@ -31,14 +34,22 @@ impl WorkerContext {
     /// The region is the store's: a worker cannot be pointed at another region's store.
     pub fn new(
         stores: RegionStores,
-        limits: Limits,
+        config: &Config,
         cpu_pool: Arc<rayon::ThreadPool>,
         metrics: &crate::metrics::WorkerMetrics,
     ) -> Self {
+        let limits = config.limits;
+        let tenants = config
+            .tenants
+            .iter()
+            .filter(|(_, tenant)| tenant.regions.contains(stores.region()))
+            .map(|(id, _)| id.clone())
+            .collect();
         Self {
-            budget: PixelBudget::new(limits.worker_pixel_budget),
+            budget: MemoryBudget::new(limits.worker_memory_budget),
             metrics: metrics.for_region(stores.region()),
             stores,
+            tenants,
             limits,
             options: PipelineOptions::default(),
             cpu_pool,
@@ -103,8 +114,14 @@ impl From<StoreError> for JobFailure {
     }
 }
 
-/// Checks that a message may run here: right version, this region, keys inside the tenant's area.
-pub fn check_admissible(message: &JobMessage, region: &RegionId) -> Result<(), JobFailure> {
+/// Checks that a message may run here before anything is read or written: right
+/// version, this region, a tenant pinned to it, the source inside the tenant's area and
+/// every output among the outputs of the source's asset.
+pub fn check_admissible(
+    message: &JobMessage,
+    region: &RegionId,
+    tenants: &BTreeSet<TenantId>,
+) -> Result<(), JobFailure> {
     if message.v != ENVELOPE_VERSION {
         return Err(JobFailure::refused(
             ErrorCode::UnsupportedVersion,
@@ -120,6 +137,15 @@ pub fn check_admissible(message: &JobMessage, region: &RegionId) -> Result<(), J
             ),
         ));
     }
+    if !tenants.contains(&message.tenant) {
+        return Err(JobFailure::refused(
+            ErrorCode::TenantNotInRegion,
+            format!(
+                "residency: tenant {} is not pinned to region {region}; refused, not rerouted",
+                message.tenant
+            ),
+        ));
+    }
     let keys = std::iter::once(&message.source_key).chain(message.outputs.iter().map(|o| &o.key));
     for key in keys {
         if !belongs_to_tenant(key, &message.tenant) {
@@ -132,50 +158,143 @@ pub fn check_admissible(message: &JobMessage, region: &RegionId) -> Result<(), J
             ));
         }
     }
+    let asset =
+        asset_prefix_of_original(&message.source_key, &message.tenant).ok_or_else(|| {
+            JobFailure::refused(
+                ErrorCode::KeyOutsideAsset,
+                format!(
+                    "source key {:?} is not an original of an asset",
+                    message.source_key
+                ),
+            )
+        })?;
+    if let Some(output) = message
+        .outputs
+        .iter()
+        .find(|o| !is_output_of(&o.key, &asset))
+    {
+        return Err(JobFailure::refused(
+            ErrorCode::KeyOutsideAsset,
+            format!(
+                "output key {:?} is not an output of asset {asset}",
+                output.key
+            ),
+        ));
+    }
     Ok(())
 }
 
-/// Runs one job. On success every output is stored before this returns.
+/// The first bytes of a source that its header is read from (more only when its
+/// metadata runs past them).
+const HEADER_PREFIX: u64 = 1024 * 1024;
+
+/// Runs one job within `limits.job_timeout_seconds`. On success every output is stored
+/// before this returns. On timeout the job's image work is abandoned: it runs to its
+/// end on the pool, keeping its memory reserved until then, and stores nothing.
 pub async fn process_job(
     context: &WorkerContext,
     message: &JobMessage,
 ) -> Result<JobResult, JobFailure> {
+    let deadline = std::time::Duration::from_secs(context.limits.job_timeout_seconds);
+    match tokio::time::timeout(deadline, run_job(context, message)).await {
+        Ok(result) => result,
+        Err(_) => Err(JobFailure::failed(
+            ErrorCode::JobTimeout,
+            format!(
+                "the job ran longer than {} s (limits.job_timeout_seconds)",
+                deadline.as_secs()
+            ),
+        )),
+    }
+}
+
+fn panicked(panic: crate::cpu::WorkPanicked) -> JobFailure {
+    JobFailure::failed(ErrorCode::InternalError, panic.to_string())
+}
+
+fn too_large(detail: String) -> JobFailure {
+    JobFailure::failed(ErrorCode::JobTooLarge, detail)
+}
+
+async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobResult, JobFailure> {
     let started = Instant::now();
     let mut timings = StageTimings::default();
-    check_admissible(message, context.region())?;
+    check_admissible(message, context.region(), &context.tenants)?;
+    let limits = context.limits;
+    let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
+    let output_pixels: u64 = requests
+        .iter()
+        .map(|o| u64::from(o.width) * u64::from(o.height))
+        .sum();
+    if output_pixels > limits.max_output_pixels {
+        return Err(too_large(format!(
+            "its outputs ask for {output_pixels} pixels in all, more than limits.max_output_pixels ({})",
+            limits.max_output_pixels
+        )));
+    }
 
+    // The size first, then the header: the job's whole cost is known before its
+    // source is fetched, and a source too large for the limits is never read.
     let fetch_started = Instant::now();
-    let source = context
-        .stores
-        .for_key(&message.source_key)
-        .get(&message.source_key)
-        .await?;
+    let store = context.stores.for_key(&message.source_key);
+    let (head, size) = store.get_prefix(&message.source_key, HEADER_PREFIX).await?;
+    if size > limits.max_source_bytes {
+        return Err(PipelineError::TooLarge {
+            detail: format!(
+                "{size} bytes is more than the limit of {}",
+                limits.max_source_bytes
+            ),
+        }
+        .into());
+    }
+    let complete = head.len() as u64 == size;
+    let probe_head = head.clone();
+    let probed = run_on_pool(&context.cpu_pool, move || pipeline::probe(&probe_head))
+        .await
+        .map_err(panicked)?;
+    let (probe, mut source) = match probed {
+        Ok(probe) => (probe, complete.then_some(head)),
+        Err(err) if complete => return Err(err.into()),
+        // The header runs past the prefix (large metadata): read it from the whole source.
+        Err(_) => {
+            let whole = store.get(&message.source_key).await?;
+            let probe_whole = whole.clone();
+            let probe = run_on_pool(&context.cpu_pool, move || pipeline::probe(&probe_whole))
+                .await
+                .map_err(panicked)??;
+            (probe, Some(whole))
+        }
+    };
+    probe.check_limits(size as usize, &limits)?;
+    let options = context.options;
+    let cost = pipeline::memory_cost(&probe, size, &requests, &options);
+    let Some(reservation) = context.budget.reserve(cost.total()).await else {
+        return Err(too_large(format!(
+            "it needs {} MiB at its peak (source {} MiB, decoding {} MiB, outputs {} MiB), more than the worker's whole budget of {} MiB (limits.worker_memory_budget)",
+            cost.total() >> 20,
+            cost.source >> 20,
+            cost.decode >> 20,
+            cost.render >> 20,
+            context.budget.total() >> 20
+        )));
+    };
+    let source = match source.take() {
+        Some(source) => source,
+        None => store.get(&message.source_key).await?,
+    };
     timings.fetch_ms = ms(fetch_started);
     context.metrics.bytes_read(source.len());
 
-    let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
-    let panicked = |panic: crate::cpu::WorkPanicked| {
-        JobFailure::failed(ErrorCode::InternalError, panic.to_string())
-    };
-    // Header parsing is CPU work too: it runs on the pool, and its result is reused below.
-    let (limits, options) = (context.limits, context.options);
-    let (source, requests, probe, pixels) = run_on_pool(&context.cpu_pool, move || {
-        let probe = pipeline::probe(&source)?;
-        probe.check_limits(source.len(), &limits)?;
-        let pixels = pipeline::decoded_pixels_needed(&probe, &requests, &options);
-        Ok::<_, PipelineError>((source, requests, probe, pixels))
+    let in_flight = context.metrics.memory_in_flight(reservation.bytes);
+    // The reservation travels with the work: if the job is abandoned (its deadline),
+    // it is given back only when the work is done.
+    let (rendered, reservation) = run_on_pool(&context.cpu_pool, move || {
+        let rendered = pipeline::run_probed(&source, probe, &requests, &options);
+        (rendered, reservation)
     })
     .await
-    .map_err(panicked)??;
-    let reservation = context.budget.reserve(pixels).await;
-    let in_flight = context.metrics.pixels_in_flight(pixels);
-    let rendered = run_on_pool(&context.cpu_pool, move || {
-        pipeline::run_probed(&source, probe, &requests, &options)
-    })
-    .await
-    .map_err(panicked)??;
-    drop(in_flight);
-    drop(reservation);
+    .map_err(panicked)?;
+    let rendered = rendered?;
     timings.decode_ms = rendered.timings.decode_ms;
     timings.resize_ms = rendered.timings.resize_ms;
     timings.encode_ms = rendered.timings.encode_ms;
@@ -200,6 +319,8 @@ pub async fn process_job(
             bytes,
         });
     }
+    drop(in_flight);
+    drop(reservation);
     timings.store_ms = ms(store_started);
     timings.total_ms = ms(started);
     context.metrics.stages(&[

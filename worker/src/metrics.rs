@@ -33,7 +33,7 @@ struct Vecs {
     jobs: IntCounterVec,
     stage_seconds: HistogramVec,
     jobs_in_flight: IntGaugeVec,
-    pixels_in_flight: IntGaugeVec,
+    memory_in_flight: IntGaugeVec,
     retries: IntCounterVec,
     dead_lettered: IntCounterVec,
     bytes_read: IntCounterVec,
@@ -92,9 +92,9 @@ impl WorkerMetrics {
                 "locality_worker_jobs_in_flight",
                 "Jobs taken from the queue and not yet settled",
             ),
-            pixels_in_flight: gauge(
-                "locality_worker_pixels_in_flight",
-                "Decoded pixels reserved from the pixel budget",
+            memory_in_flight: gauge(
+                "locality_worker_memory_reserved_bytes",
+                "Bytes of the memory budget reserved by the jobs in flight",
             ),
             retries: counter(
                 "locality_worker_retries_total",
@@ -196,12 +196,12 @@ impl RegionMetrics {
         InFlight { gauge, amount: 1 }
     }
 
-    pub fn pixels_in_flight(&self, pixels: u64) -> InFlight {
+    pub fn memory_in_flight(&self, bytes: u64) -> InFlight {
         let gauge = self
             .vecs
-            .pixels_in_flight
+            .memory_in_flight
             .with_label_values(&[&self.region]);
-        let amount = i64::try_from(pixels).unwrap_or(i64::MAX);
+        let amount = i64::try_from(bytes).unwrap_or(i64::MAX);
         gauge.add(amount);
         InFlight { gauge, amount }
     }

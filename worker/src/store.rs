@@ -119,9 +119,21 @@ impl RegionStores {
     }
 }
 
-/// Objects above this size are uploaded in parts of `MULTIPART_PART_SIZE`.
-const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
-const MULTIPART_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Objects above this size are uploaded in parts of `MULTIPART_PART_SIZE` (S3's smallest
+/// part): a streamed upload holds about three parts at most, one being filled, one being
+/// sent and one waiting.
+const MULTIPART_THRESHOLD: usize = 5 * 1024 * 1024;
+const MULTIPART_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// Why a streamed write did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError<E> {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stream itself failed (the client stalled, sent too much, went away).
+    #[error("{0}")]
+    Body(E),
+}
 
 /// Backoff between tries of a store operation: doubling from the first, capped.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -168,14 +180,19 @@ impl RegionStore {
             .ok_or_else(|| open_error("the region is not in the configuration".into()))?;
         let chosen = store_override.unwrap_or(own);
         if let Some(identity) = chosen.store_identity() {
+            let identity = identity.map_err(open_error)?;
             let declared = config.declared_stores();
             let owner = declared.iter().find(|(_, id, other)| {
-                *id != region && other.store_identity().as_ref() == Some(&identity)
+                *id != region
+                    && other
+                        .store_identity()
+                        .and_then(Result::ok)
+                        .is_some_and(|other| other.overlaps(&identity))
             });
             if let Some((_, owner, _)) = owner {
                 return Err(StoreError::ForeignStore {
                     region: region.clone(),
-                    store: identity,
+                    store: identity.to_string(),
                     owner: (*owner).clone(),
                 });
             }
@@ -270,6 +287,32 @@ impl RegionStore {
         .await
     }
 
+    /// The first `length` bytes of an object (all of it when it is shorter) and its size.
+    pub async fn get_prefix(&self, key: &str, length: u64) -> Result<(Bytes, u64), StoreError> {
+        let path = self.path(key)?;
+        let size = with_retries(self.attempts, || async {
+            self.inner
+                .head(&path)
+                .await
+                .map(|meta| meta.size)
+                .map_err(|e| self.backend(key, e))
+        })
+        .await?;
+        if size <= length {
+            let whole = self.get(key).await?;
+            let size = whole.len() as u64;
+            return Ok((whole, size));
+        }
+        let prefix = with_retries(self.attempts, || async {
+            self.inner
+                .get_range(&path, 0..length)
+                .await
+                .map_err(|e| self.backend(key, e))
+        })
+        .await?;
+        Ok((prefix, size))
+    }
+
     /// Writes (or overwrites) one object. Deterministic keys make a retried job idempotent.
     /// Large objects go up in parts; the parts are slices of `bytes`, not copies.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
@@ -299,6 +342,59 @@ impl RegionStore {
         .await
     }
 
+    /// Writes a stream into one object without holding it whole: a short stream is
+    /// collected and put at once, a long one goes up in parts as it arrives. Not retried
+    /// (a stream cannot be read twice): a transient failure is the caller's to report.
+    /// An unfinished multipart upload is aborted. Returns the bytes written.
+    pub async fn put_stream<S, E>(&self, key: &str, mut body: S) -> Result<u64, StreamError<E>>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        use futures::StreamExt;
+        let path = self.path(key)?;
+        let mut first = bytes::BytesMut::new();
+        while first.len() <= MULTIPART_THRESHOLD {
+            match body.next().await {
+                Some(Ok(chunk)) => first.extend_from_slice(&chunk),
+                Some(Err(err)) => return Err(StreamError::Body(err)),
+                None => {
+                    let written = first.len() as u64;
+                    self.inner
+                        .put(&path, PutPayload::from_bytes(first.freeze()))
+                        .await
+                        .map_err(|e| self.backend(key, e))?;
+                    return Ok(written);
+                }
+            }
+        }
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.backend(key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_SIZE);
+        let mut written = first.len() as u64;
+        writer.put(first.freeze());
+        loop {
+            let chunk = match body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(err)) => {
+                    abort(writer, key).await;
+                    return Err(StreamError::Body(err));
+                }
+                None => break,
+            };
+            if let Err(err) = writer.wait_for_capacity(1).await {
+                abort(writer, key).await;
+                return Err(self.backend(key, err).into());
+            }
+            written += chunk.len() as u64;
+            writer.put(chunk);
+        }
+        writer.finish().await.map_err(|e| self.backend(key, e))?;
+        Ok(written)
+    }
+
     /// Every object under `prefix` (a `/`-terminated key prefix; empty for all).
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let path = self.path(prefix.trim_end_matches('/'))?;
@@ -322,6 +418,12 @@ impl RegionStore {
             }
         })
         .await
+    }
+}
+
+async fn abort(writer: WriteMultipart, key: &str) {
+    if let Err(err) = writer.abort().await {
+        tracing::warn!(key, error = %err, "could not abort an unfinished multipart upload");
     }
 }
 

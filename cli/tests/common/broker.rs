@@ -53,6 +53,15 @@ impl Broker {
         )
     }
 
+    /// The scheduler's vhost as a tenant's upload pipeline connects to it: as the
+    /// tenant's own broker user (scripts/rabbitmq-tenant-user.sh).
+    pub fn tenant_url(&self, tenant: &str) -> String {
+        format!(
+            "amqp://{tenant}:pipeline-{tenant}@127.0.0.1:{}/scheduler",
+            self.port
+        )
+    }
+
     pub fn admin_url(&self, vhost: &str) -> String {
         format!(
             "amqp://locality-admin:admin-secret@127.0.0.1:{}/{vhost}",
@@ -152,6 +161,24 @@ pub async fn publish_raw(
         .await
         .unwrap();
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Takes one message off a queue (as the admin), or fails when it is empty.
+pub async fn take_one(broker: &Broker, vhost: &str, queue: &str) -> Vec<u8> {
+    let connection = locality_broker::connect(&broker.admin_url(vhost), "test-take")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(
+            queue.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{queue} on {vhost} is empty"));
+    let _ = connection.close(200, "done".into()).await;
+    message.delivery.data.clone()
 }
 
 pub fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {

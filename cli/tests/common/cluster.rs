@@ -120,7 +120,8 @@ impl Cluster {
         command
             .arg("--config")
             .arg(&self.config_path)
-            .args(["scheduler", "--listen", listen])
+            // The demo tenants and their public keys: a test, so --demo.
+            .args(["scheduler", "--demo", "--listen", listen])
             .env("RUST_LOG", "info");
         let log = self
             .dir
@@ -165,6 +166,7 @@ impl Cluster {
             .arg(&self.config_path)
             .args([
                 "worker",
+                "--demo",
                 "--region",
                 region,
                 "--listen",

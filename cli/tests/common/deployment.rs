@@ -180,9 +180,10 @@ impl Deployment for Cluster {
         &self.base_url
     }
 
-    /// The scheduler answers 307 with the region's ingest endpoint, and the upload is
-    /// sent there (with the API key again: clients drop credentials on a redirect to
-    /// another host, as they should).
+    /// Asks the scheduler where the upload goes with an empty probe (it answers 307 with
+    /// the region's ingest endpoint from the request head alone), then sends the bytes
+    /// there, with the API key again: clients drop credentials on a redirect to another
+    /// host, as they should. The image never reaches the scheduler.
     async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
         let no_redirects = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -191,7 +192,6 @@ impl Deployment for Cluster {
         let response = no_redirects
             .put(format!("{}/v1/sources/{key}", self.base_url))
             .bearer_auth(api_key(tenant))
-            .body(bytes.clone())
             .send()
             .await
             .expect("upload request");

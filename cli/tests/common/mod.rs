@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests, one concern per module:
 //! - [`config`]: test configurations, built as typed values and written as TOML.
 //! - [`process`]: child processes with a log file, readiness, signals.
+//! - [`proxy`]: a TCP proxy a test can cut, to make one region's broker unreachable.
+//! - [`raw_http`]: HTTP by hand (`Expect: 100-continue`, stalled bodies).
 //! - [`s3`]: the per-region S3 servers of scripts/test.sh, buckets, listings, and an
 //!   s3s-fs server a test can stop and start.
 //! - [`broker`] and [`results`]: the RabbitMQ broker of scripts/test.sh, and a listener
@@ -18,6 +20,8 @@ pub mod database;
 pub mod deployment;
 pub mod embedded;
 pub mod process;
+pub mod proxy;
+pub mod raw_http;
 pub mod results;
 pub mod s3;
 pub mod scenarios;
@@ -91,19 +95,31 @@ pub fn log_contains(path: &Path, needle: &str) -> bool {
         .contains(needle)
 }
 
-/// Peak resident memory of a process so far (VmHWM), in bytes.
-pub fn peak_rss(pid: u32) -> u64 {
+/// Resets a process's peak resident memory (VmHWM) to what it holds now.
+pub fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("resetting VmHWM");
+}
+
+/// Resident memory of a process now (VmRSS), in bytes.
+pub fn rss(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/PID/status");
-    let kib: u64 = line
-        .split_whitespace()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    line.split_whitespace()
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
+        .unwrap()
+}
+
+/// Peak resident memory of a process so far (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:") * 1024
 }
 
 /// The value of a Prometheus sample, summed over the series whose labels contain

@@ -137,3 +137,26 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Runs a command that should exit at once; kills it (and fails) if it is still running
+/// after 30 s, e.g. because it started and went on to wait for a broker.
+pub fn run_briefly(command: &mut std::process::Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after 30 s: it started instead of refusing\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}

@@ -8,7 +8,7 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 use super::color::{cmyk_to_rgb, SrgbConversion};
 use super::geometry::OutputPlan;
 use super::model::{PipelineOptions, Pixels};
-use super::probe::{Probe, SourceFormat};
+use super::probe::{Probe, SourceFormat, METADATA_LIMIT};
 use super::PipelineError;
 
 pub struct Decoded {
@@ -123,7 +123,7 @@ fn decode_with_image_crate(source: &[u8], probe: &Probe) -> Result<Decoded, Pipe
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(probe.width);
     limits.max_image_height = Some(probe.height);
-    limits.max_alloc = Some(u64::from(probe.width) * u64::from(probe.height) * 8 + (64 << 20));
+    limits.max_alloc = Some(u64::from(probe.width) * u64::from(probe.height) * 8 + METADATA_LIMIT);
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(corrupt)?;
     let has_alpha = decoder.color_type().has_alpha();

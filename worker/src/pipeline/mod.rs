@@ -8,6 +8,7 @@
 
 mod avif;
 mod color;
+mod cost;
 mod decode;
 mod encode;
 mod error;
@@ -22,6 +23,7 @@ use std::time::Instant;
 use locality_proto::Limits;
 use rayon::prelude::*;
 
+pub use cost::{memory_cost, MemoryCost};
 pub use decode::Decoded;
 pub use model::{EncodedOutput, OutputRequest, PipelineOptions, PipelineTimings, Pixels};
 
@@ -33,7 +35,7 @@ pub mod stages {
 }
 pub use error::PipelineError;
 pub use geometry::{plan_output, OutputPlan};
-pub use probe::{probe, Probe, SourceFormat};
+pub use probe::{probe, Probe, SourceFormat, METADATA_LIMIT};
 
 #[derive(Debug, Clone)]
 pub struct Rendered {
@@ -43,18 +45,6 @@ pub struct Rendered {
     pub decoded_height: u32,
     pub outputs: Vec<EncodedOutput>,
     pub timings: PipelineTimings,
-}
-
-/// Decoded pixels this source will need, after shrink-on-load, for these outputs.
-/// Used to reserve a share of the worker's pixel budget before decoding.
-pub fn decoded_pixels_needed(
-    probe: &Probe,
-    outputs: &[OutputRequest],
-    options: &PipelineOptions,
-) -> u64 {
-    let plans: Vec<OutputPlan> = outputs.iter().map(|o| plan_output(probe, o)).collect();
-    let (width, height) = decode::decoded_size(probe, &plans, options);
-    u64::from(width) * u64::from(height)
 }
 
 /// Runs the whole pipeline on one source. CPU-bound: call it from a rayon thread.

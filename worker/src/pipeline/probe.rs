@@ -39,6 +39,10 @@ pub struct Probe {
     pub icc_profile: Option<Vec<u8>>,
     /// JPEG stored as CMYK or YCCK (needs conversion to RGB).
     pub cmyk: bool,
+    /// Bytes per pixel of the decoder's own buffer (16-bit and alpha sources take more).
+    pub native_bytes_per_pixel: u8,
+    /// Channels of the 8-bit pixels the pipeline works on: 3 (RGB) or 4 (RGBA).
+    pub channels: u8,
 }
 
 impl Probe {
@@ -132,6 +136,8 @@ fn probe_jpeg(source: &[u8]) -> Result<Probe, PipelineError> {
         orientation,
         icc_profile,
         cmyk,
+        native_bytes_per_pixel: if cmyk { 4 } else { 3 },
+        channels: 3,
     })
 }
 
@@ -165,15 +171,36 @@ fn header_part(source: &[u8]) -> &[u8] {
     source
 }
 
+/// Most that the metadata read with a header may inflate to (an ICC profile, text chunks):
+/// a compressed chunk of a few hundred kilobytes can inflate to hundreds of megabytes.
+pub const METADATA_LIMIT: u64 = 16 * 1024 * 1024;
+
 fn probe_with_image_crate(source: &[u8], format: SourceFormat) -> Result<Probe, PipelineError> {
-    let corrupt = |e: image::ImageError| PipelineError::corrupt(format.name(), e);
-    let reader = ImageReader::new(Cursor::new(source))
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => PipelineError::TooLarge {
+            detail: format!(
+                "its metadata (an ICC profile or text) inflates past {} MiB",
+                METADATA_LIMIT >> 20
+            ),
+        },
+        e => PipelineError::corrupt(format.name(), e),
+    };
+    let mut reader = ImageReader::new(Cursor::new(source))
         .with_guessed_format()
         .map_err(|e| PipelineError::corrupt(format.name(), e))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(METADATA_LIMIT);
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
     let icc_profile = decoder.icc_profile().ok().flatten();
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let color = decoder.color_type();
+    // Only the first frame of an animation is used, composited to RGBA.
+    let native_bytes_per_pixel = match format {
+        SourceFormat::Gif => 4,
+        _ => color.bytes_per_pixel(),
+    };
     Ok(Probe {
         format,
         width,
@@ -181,5 +208,11 @@ fn probe_with_image_crate(source: &[u8], format: SourceFormat) -> Result<Probe, 
         orientation,
         icc_profile,
         cmyk: false,
+        native_bytes_per_pixel,
+        channels: if color.has_alpha() || format == SourceFormat::Gif {
+            4
+        } else {
+            3
+        },
     })
 }

@@ -65,8 +65,7 @@ async fn session(
 ) -> Result<(), BrokerError> {
     let region = context.region().clone();
     let setup = connection.create_channel().await?;
-    locality_broker::topology::declare_region(&setup, &region, context.limits.delivery_limit)
-        .await?;
+    locality_broker::topology::declare_region(&setup, &region, &context.limits).await?;
     let events = Arc::new(AmqpEvents(confirm_channel(&connection).await?));
     let retries = confirm_channel(&connection).await?;
     let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);

@@ -1,0 +1,109 @@
+//! The binary's configuration rules: production commands never run on the example's
+//! public demo secrets unless told, need a configuration of their own, and print none
+//! of its secrets.
+
+mod common;
+
+use std::process::Command;
+
+use common::process::run_briefly;
+
+fn locality() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_locality"));
+    // Nothing of the test runner's environment may configure the binary.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("LOCALITY") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn example_config() -> String {
+    format!(
+        "{}/../config/locality.example.toml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn the_scheduler_and_worker_refuse_the_demo_secrets_without_demo() {
+    for args in [
+        vec!["scheduler"],
+        vec![
+            "worker",
+            "--region",
+            "eu",
+            "--store",
+            "file:///tmp/locality-unused",
+        ],
+    ] {
+        let output = run_briefly(locality().arg("--config").arg(example_config()).args(&args));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started on demo secrets");
+        assert!(
+            stderr.contains("refuses the public demo secrets")
+                && stderr.contains("scheduler.pseudonymisation_key")
+                && stderr.contains("tenants.demo-eu.api_key_sha256")
+                && stderr.contains("--demo"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // With --demo they go on to their next requirement (here: a broker URL).
+    let output = run_briefly(
+        locality()
+            .arg("--config")
+            .arg(example_config())
+            .args(["scheduler", "--demo"]),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("scheduler.amqp_url is required"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn production_commands_need_a_configuration_of_their_own() {
+    for command in ["scheduler", "worker"] {
+        let mut cmd = locality();
+        cmd.arg(command);
+        if command == "worker" {
+            cmd.args(["--region", "eu"]);
+        }
+        let output = run_briefly(&mut cmd);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            stderr.contains("needs --config FILE"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn print_config_shows_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config::example();
+    config.scheduler.pseudonymisation_key = "pseudonym-s3cret".into();
+    config.scheduler.amqp_url = Some("amqp://scheduler:broker-s3cret@rabbit:5672/scheduler".into());
+    config.scheduler.database_url = Some("postgres://locality:db-s3cret@pg/locality".into());
+    common::config::set_s3_store(&mut config, "eu", "https://s3.example.com", "images-eu");
+    let path = common::config::write(&config, dir.path());
+    let output = run_briefly(
+        locality()
+            .arg("--config")
+            .arg(&path)
+            .arg("print-config")
+            .env(
+                "LOCALITY__REGIONS__CA__AMQP_URL",
+                "amqp://ca:env-s3cret@rabbit/ca",
+            ),
+    );
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("[regions.eu]") && printed.contains("images-eu"));
+    for secret in ["s3cret", "key-eu-secret"] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+}

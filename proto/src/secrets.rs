@@ -1,0 +1,192 @@
+//! Secrets in the configuration: which values are secret, a copy of the configuration
+//! with them redacted (for `print-config` and logs), the part a region's worker needs
+//! (its own region's credentials, nobody else's), and the demo secrets that must never
+//! reach production.
+
+use crate::config::{Config, DEMO_PSEUDONYMISATION_KEY};
+use crate::ids::RegionId;
+use crate::privacy::hash_api_key;
+
+/// The public API keys of the demo tenants in the shipped example config.
+pub const DEMO_API_KEYS: [&str; 3] = ["demo-eu-key", "demo-ca-key", "demo-sg-key"];
+
+const REDACTED: &str = "***";
+
+/// Whether a store option holds a secret (object_store's keys and their aliases).
+pub fn is_secret_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "secret",
+        "token",
+        "password",
+        "sas",
+        "credential",
+        "account_key",
+        "private",
+    ]
+    .iter()
+    .any(|marker| name.contains(marker))
+}
+
+/// The URL with its password replaced; text that is not a URL is kept as it is.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            // Only URLs that cannot carry a password refuse one, and this one has one.
+            let _ = url.set_password(Some(REDACTED));
+            url.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
+fn redact_options(options: &mut std::collections::BTreeMap<String, String>) {
+    for (name, value) in options.iter_mut() {
+        if is_secret_option(name) {
+            *value = REDACTED.to_string();
+        }
+    }
+}
+
+fn strip_secret_options(options: &mut std::collections::BTreeMap<String, String>) {
+    options.retain(|name, _| !is_secret_option(name));
+}
+
+impl Config {
+    /// A copy with every secret replaced by `***`: keys, passwords in URLs, secret
+    /// store options.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        config.scheduler.pseudonymisation_key = REDACTED.to_string();
+        for url in [
+            &mut config.scheduler.amqp_url,
+            &mut config.scheduler.database_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *url = redact_url(url);
+        }
+        for region in config.regions.values_mut() {
+            if let Some(url) = &mut region.amqp_url {
+                *url = redact_url(url);
+            }
+            redact_options(&mut region.store_options);
+        }
+        for tenant in config.tenants.values_mut() {
+            for store in tenant.stores.values_mut() {
+                redact_options(&mut store.store_options);
+            }
+        }
+        config
+    }
+
+    /// What the worker of `region` keeps: its own region's broker and store credentials.
+    /// Other regions keep their store URL and endpoint (to refuse a store that is
+    /// theirs) and nothing secret; the control plane's secrets are dropped.
+    pub fn for_region(&self, region: &RegionId) -> Config {
+        let mut config = self.clone();
+        config.scheduler.pseudonymisation_key.clear();
+        config.scheduler.amqp_url = None;
+        config.scheduler.database_url = None;
+        for (id, other) in config.regions.iter_mut() {
+            if id != region {
+                other.amqp_url = None;
+                strip_secret_options(&mut other.store_options);
+            }
+        }
+        for tenant in config.tenants.values_mut() {
+            for (id, store) in tenant.stores.iter_mut() {
+                if id != region {
+                    strip_secret_options(&mut store.store_options);
+                }
+            }
+        }
+        config
+    }
+
+    /// The fields that hold the public demo secrets of the example config.
+    pub fn demo_secrets(&self) -> Vec<String> {
+        let mut fields = Vec::new();
+        if self.scheduler.pseudonymisation_key == DEMO_PSEUDONYMISATION_KEY {
+            fields.push("scheduler.pseudonymisation_key".to_string());
+        }
+        let demo_hashes: Vec<String> = DEMO_API_KEYS.iter().map(|k| hash_api_key(k)).collect();
+        for (id, tenant) in &self.tenants {
+            if demo_hashes.contains(&tenant.api_key_sha256.to_ascii_lowercase()) {
+                fields.push(format!("tenants.{id}.api_key_sha256"));
+            }
+        }
+        fields
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/locality.example.toml");
+
+    fn configured() -> Config {
+        let mut config = Config::from_toml_str(EXAMPLE).unwrap();
+        config.scheduler.amqp_url =
+            Some("amqp://scheduler:s3cret-broker@rabbit:5672/scheduler".into());
+        config.scheduler.database_url =
+            Some("postgres://locality:s3cret-db@pg:5432/locality".into());
+        for (id, region) in config.regions.iter_mut() {
+            region.amqp_url = Some(format!("amqp://{id}:s3cret-{id}@rabbit:5672/{id}"));
+            region.store = Some(format!("s3://images-{id}"));
+            region
+                .store_options
+                .insert("endpoint".into(), format!("https://s3.{id}.example.com"));
+            region
+                .store_options
+                .insert("access_key_id".into(), format!("key-{id}"));
+            region
+                .store_options
+                .insert("secret_access_key".into(), format!("s3cret-store-{id}"));
+        }
+        config
+    }
+
+    #[test]
+    fn redaction_removes_every_secret_and_keeps_the_rest() {
+        let config = configured();
+        let text = toml::to_string(&config.redacted()).unwrap();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains("demo-only-change-me"), "{text}");
+        assert!(
+            text.contains("rabbit:5672/eu") && text.contains("key-eu"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_region_keeps_only_its_own_credentials() {
+        let eu = RegionId::new("eu").unwrap();
+        let config = configured().for_region(&eu);
+        let text = toml::to_string(&config).unwrap();
+        for foreign in [
+            "s3cret-ca",
+            "s3cret-sg",
+            "s3cret-store-ca",
+            "s3cret-store-sg",
+            "s3cret-broker",
+            "s3cret-db",
+        ] {
+            assert!(!text.contains(foreign), "{foreign} in {text}");
+        }
+        assert!(text.contains("s3cret-eu") && text.contains("s3cret-store-eu"));
+        // Other regions' stores stay identifiable, so the worker can refuse them.
+        let ca = &config.regions[&RegionId::new("ca").unwrap()];
+        assert_eq!(ca.store.as_deref(), Some("s3://images-ca"));
+        assert!(ca.store_options.contains_key("endpoint"));
+    }
+
+    #[test]
+    fn the_example_configs_demo_secrets_are_found() {
+        let demo = Config::from_toml_str(EXAMPLE).unwrap().demo_secrets();
+        assert_eq!(demo.len(), 4, "{demo:?}");
+        assert!(demo.contains(&"tenants.demo-eu.api_key_sha256".to_string()));
+    }
+}
