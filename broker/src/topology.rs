@@ -5,9 +5,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use locality_proto::topology::{
-    dead_letter_queue, events_queue, jobs_queue, retry_queue, DEAD_LETTER_EXCHANGE,
-    EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE, SUBMIT_DEAD_LETTER_QUEUE,
-    SUBMIT_EXCHANGE, SUBMIT_QUEUE,
+    control_queue, dead_letter_queue, events_queue, jobs_queue, retry_queue, CONTROL_ROUTING_KEY,
+    DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE,
+    SUBMIT_DEAD_LETTER_QUEUE, SUBMIT_EXCHANGE, SUBMIT_QUEUE,
 };
 use locality_proto::{Limits, Priority, RegionId};
 
@@ -165,6 +165,10 @@ pub async fn declare_region(
         bind(channel, &queue, JOBS_EXCHANGE, priority.as_str()).await?;
         bind(channel, &retry, RETRY_EXCHANGE, priority.as_str()).await?;
     }
+    let control = control_queue(region);
+    quorum_queue(channel, &control, DeadLetters::ToDeadLetterQueue { limit }).await?;
+    bind(channel, &control, JOBS_EXCHANGE, CONTROL_ROUTING_KEY).await?;
+    bind(channel, &retry, RETRY_EXCHANGE, CONTROL_ROUTING_KEY).await?;
 
     exchange(channel, EVENTS_EXCHANGE, ExchangeKind::Fanout).await?;
     let events = events_queue(region);

@@ -12,7 +12,7 @@ use locality_http::ServeLimits;
 use locality_proto::{Config, RegionConfig, RegionId};
 use locality_scheduler::amqp::{AmqpRegion, AmqpResults};
 use locality_scheduler::{Control, JobStore, Region, UploadRoute};
-use locality_worker::ingest::{IngestState, Uploads};
+use locality_worker::ingest::{Downloads, IngestState, Uploads};
 use locality_worker::transport::amqp::run_amqp;
 use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
 use tokio_util::sync::CancellationToken;
@@ -104,9 +104,15 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
     let connected = Arc::new(AtomicBool::new(false));
     let results = AmqpResults::default();
     let control = Arc::new(
-        Control::new(Arc::new(config), regions, store, &registry)
-            .with_link("scheduler-broker", connected.clone())
-            .with_results(Arc::new(results.clone())),
+        // The regions' receipt and download keys stay in the regions.
+        Control::new(
+            Arc::new(config.for_control_plane()),
+            regions,
+            store,
+            &registry,
+        )
+        .with_link("scheduler-broker", connected.clone())
+        .with_results(Arc::new(results.clone())),
     );
     let broker = tokio::spawn(locality_scheduler::amqp::run(
         control.clone(),
@@ -128,11 +134,12 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         "locality scheduler: listening on http://{}",
         listener.local_addr()?
     );
-    axum::serve(
+    locality_http::serve(
         listener,
         locality_scheduler::http::router(control, registry),
+        ServeLimits::default(),
+        shutdown,
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
     .context("serving HTTP")?;
     broker.await.context("the broker links failed")?;
@@ -183,6 +190,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         crate::shutdown::on_signal(shutdown.clone());
         let connected = Arc::new(AtomicBool::new(false));
         let ingest = locality_worker::ingest::router(IngestState {
+            downloads: Downloads::new(&config, [stores.clone()]),
             uploads: Uploads::new(stores, &config),
             config,
             connected: connected.clone(),

@@ -5,6 +5,7 @@
 mod config;
 mod distributed;
 mod embedded;
+mod rights;
 mod shutdown;
 
 use std::path::PathBuf;
@@ -41,6 +42,16 @@ enum Command {
     /// Distributed mode, data plane of one region: consumes that region's queues, reads
     /// and writes that region's store only, and serves the region's upload endpoint.
     Worker(distributed::WorkerArgs),
+    /// Erase a data subject, an asset or (operators) a tenant in every region it is
+    /// pinned to, through a running scheduler, following each region's progress.
+    Erase(rights::EraseArgs),
+    /// List (and with --download, archive and fetch) every object of a data subject in
+    /// every region, through a running scheduler.
+    Export(rights::ExportArgs),
+    /// Check an erasure receipt offline against the regions' public keys.
+    VerifyReceipt(rights::VerifyArgs),
+    /// Print fresh receipt and download keys for a region, as TOML.
+    Keygen(rights::KeygenArgs),
     /// Print the resolved configuration (defaults, file and environment merged) as TOML,
     /// with every secret replaced by ***.
     PrintConfig,
@@ -68,6 +79,16 @@ fn main() -> Result<()> {
             config::refuse_demo_secrets(&config, args.demo, "worker")?;
             distributed::run_worker(config, args)
         }
+        Command::Erase(args) => rights::erase(args),
+        Command::Export(args) => rights::export(args),
+        Command::VerifyReceipt(args) => {
+            let config = match path {
+                Some(_) => Some(config::load(path, Source::FileOrExample)?),
+                None => None,
+            };
+            rights::verify_receipt(args, config.as_ref())
+        }
+        Command::Keygen(args) => rights::keygen(args),
         Command::PrintConfig => {
             let config = config::load(path, Source::FileOrExample)?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use locality_http::ApiError;
+use locality_proto::gdpr::RegionRequest;
 use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::store::StoreError as ControlStoreError;
 use locality_scheduler::{Control, DispatchError, JobDispatch, JobStore, Region, SourceStore};
-use locality_worker::ingest::Uploads;
+use locality_worker::ingest::{downloads_router, Downloads, Uploads};
 use locality_worker::serve::serve;
 use locality_worker::transport::in_process::{in_process_queue, ChannelEvents, InProcessQueue};
 use locality_worker::{RegionStores, StoreError, WorkerContext, WorkerMetrics};
@@ -55,6 +56,14 @@ struct InProcessDispatch {
 impl JobDispatch for InProcessDispatch {
     fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), DispatchError>> {
         let result = self.queue.publish(job).map_err(|err| DispatchError {
+            region: self.region.to_string(),
+            reason: err.to_string(),
+        });
+        async move { result }.boxed()
+    }
+
+    fn send_request(&self, request: RegionRequest) -> BoxFuture<'_, Result<(), DispatchError>> {
+        let result = self.queue.request(request).map_err(|err| DispatchError {
             region: self.region.to_string(),
             reason: err.to_string(),
         });
@@ -101,6 +110,7 @@ pub struct Embedded {
     pub control: Arc<Control>,
     pub registry: prometheus::Registry,
     pub regions: Vec<RegionInfo>,
+    downloads: Downloads,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -139,12 +149,14 @@ impl Embedded {
         let mut regions = BTreeMap::new();
         let mut infos = Vec::new();
         let mut tasks = Vec::new();
+        let mut every_store = Vec::new();
         for region in config.regions.keys() {
             let stores = RegionStores::open(&config, region, None, Some(&options.data_dir))
                 .map_err(|source| EmbeddedError::Store {
                     region: region.clone(),
                     source: Box::new(source),
                 })?;
+            every_store.push(stores.clone());
             let (queue, source) = in_process_queue();
             let context = Arc::new(WorkerContext::new(
                 stores.clone(),
@@ -173,6 +185,7 @@ impl Embedded {
             });
         }
         drop(events);
+        let downloads = Downloads::new(&config, every_store);
 
         let control = Arc::new(Control::new(config, regions, store, &registry));
         let requeued = control.requeue_unfinished().await.map_err(Box::new)?;
@@ -200,13 +213,16 @@ impl Embedded {
             control,
             registry,
             regions: infos,
+            downloads,
             tasks,
         })
     }
 
-    /// The HTTP API of the embedded scheduler.
+    /// The HTTP API of the embedded scheduler, and every region's export downloads (which
+    /// in the distributed mode each region's ingest endpoint serves).
     pub fn router(&self) -> axum::Router {
         locality_scheduler::http::router(self.control.clone(), self.registry.clone())
+            .merge(downloads_router(self.downloads.clone()))
     }
 
     /// Waits until the workers have finished their jobs in flight (after `shutdown`).

@@ -73,8 +73,7 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The tenant whose API key is in `Authorization: Bearer API_KEY`.
-pub fn authenticate(config: &Config, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+fn bearer_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     let unauthorised = |message: &str| ApiError::new(ErrorCode::Unauthorised, message);
     let value = headers
         .get(header::AUTHORIZATION)
@@ -84,10 +83,38 @@ pub fn authenticate(config: &Config, headers: &HeaderMap) -> Result<TenantId, Ap
     let key = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| unauthorised("Authorization header must be 'Bearer API_KEY'"))?;
+    Ok(key.trim())
+}
+
+/// The tenant whose API key is in `Authorization: Bearer API_KEY`.
+pub fn authenticate(config: &Config, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+    match identify(config, headers)? {
+        Caller::Tenant(tenant) => Ok(tenant),
+        Caller::Operator => Err(ApiError::new(
+            ErrorCode::Unauthorised,
+            "this is the operators' key; this request takes a tenant's API key",
+        )),
+    }
+}
+
+/// Who is calling: a tenant, or the operators (`scheduler.operator_key_sha256`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Tenant(TenantId),
+    Operator,
+}
+
+/// The caller whose key is in `Authorization: Bearer API_KEY`.
+pub fn identify(config: &Config, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let key = bearer_key(headers)?;
+    if config.is_operator_key(key) {
+        return Ok(Caller::Operator);
+    }
     config
-        .tenant_for_api_key(key.trim())
+        .tenant_for_api_key(key)
         .cloned()
-        .ok_or_else(|| unauthorised("unknown API key"))
+        .map(Caller::Tenant)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorised, "unknown API key"))
 }
 
 /// The query of `PUT /v1/sources/{key}`.

@@ -64,6 +64,10 @@ pub struct SchedulerConfig {
     /// and `locality.results` live here. Example: `amqp://user:pass@host:5672/scheduler`.
     #[serde(default)]
     pub amqp_url: Option<String>,
+    /// SHA-256 (hex) of the operators' API key, for what no tenant may do (erase a whole
+    /// tenant). No operator endpoint answers without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_key_sha256: Option<String>,
     /// The control store of the distributed mode, shared by every scheduler:
     /// `postgres://user:pass@host:5432/locality`. `locality up` uses SQLite in its data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,7 @@ impl Default for SchedulerConfig {
             listen: default_listen(),
             pseudonymisation_key: default_pseudonymisation_key(),
             amqp_url: None,
+            operator_key_sha256: None,
             database_url: None,
         }
     }
@@ -114,6 +119,18 @@ pub struct RegionConfig {
     /// originals are uploaded in the distributed mode; the scheduler redirects uploads there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest_url: Option<String>,
+    /// The region's Ed25519 key (32-byte seed, hex) that signs its erasure receipts. A
+    /// secret of the region's workers only: the control plane never needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_key: Option<String>,
+    /// The public key (hex) of `receipt_key`: the control plane records only receipts
+    /// it verifies, and anyone can check a receipt with it (`locality receipt-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_public_key: Option<String>,
+    /// Secret (hex) that signs the download links of this region's export archives.
+    /// A secret of the region's workers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_key: Option<String>,
 }
 
 impl RegionConfig {
@@ -144,6 +161,9 @@ pub struct TenantConfig {
     /// originals and outputs in that region go there instead of the region's store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stores: BTreeMap<RegionId, TenantStore>,
+    /// Where job results and purge events are POSTed, signed with `secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
     /// Largest upload of one original for this tenant; `limits.max_upload_bytes` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_upload_bytes: Option<u64>,
@@ -152,6 +172,16 @@ pub struct TenantConfig {
     /// tenant id when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_user: Option<String>,
+}
+
+/// A tenant's notification URL (what Cloudinary calls a notification URL): HTTPS, or
+/// plain HTTP to a loopback address for tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    /// Shared secret of the HMAC-SHA256 signature in `Locality-Signature`.
+    pub secret: String,
 }
 
 /// A tenant's own store in one region (same URL forms and options as a region's store).
@@ -172,6 +202,9 @@ impl TenantStore {
             store_options: self.store_options.clone(),
             amqp_url: None,
             ingest_url: None,
+            receipt_key: None,
+            receipt_public_key: None,
+            download_key: None,
         }
     }
 }
@@ -254,6 +287,30 @@ impl Config {
             }
             stores.push((identity, id, field));
         }
+        for (id, region) in &self.regions {
+            if let Some(seed) = &region.receipt_key {
+                let key = crate::gdpr::receipt_key(seed)
+                    .map_err(|reason| invalid(format!("regions.{id}.receipt_key"), reason))?;
+                let public = hex::encode(key.verifying_key().as_bytes());
+                if let Some(declared) = &region.receipt_public_key {
+                    if !declared.eq_ignore_ascii_case(&public) {
+                        return Err(invalid(
+                            format!("regions.{id}.receipt_public_key"),
+                            format!("is not the public key of regions.{id}.receipt_key ({public})"),
+                        ));
+                    }
+                }
+            }
+            if let Some(key) = &region.download_key {
+                let long_enough = hex::decode(key).is_ok_and(|key| key.len() >= 16);
+                if !long_enough {
+                    return Err(invalid(
+                        format!("regions.{id}.download_key"),
+                        "must be at least 16 bytes as hex (`locality keygen` makes one)",
+                    ));
+                }
+            }
+        }
         let mut broker_users: BTreeMap<&str, &TenantId> = BTreeMap::new();
         for (id, tenant) in &self.tenants {
             let user = tenant.broker_user.as_deref().unwrap_or(id.as_str());
@@ -301,6 +358,23 @@ impl Config {
                     return Err(invalid(
                         field(&format!("stores.{region}")),
                         format!("region {region} is not one of the tenant's regions"),
+                    ));
+                }
+            }
+            if let Some(webhook) = &tenant.webhook {
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|prefix| webhook.url.starts_with(prefix));
+                if !(webhook.url.starts_with("https://") || loopback) {
+                    return Err(invalid(
+                        field("webhook.url"),
+                        "must be https:// (plain http only to a loopback address)",
+                    ));
+                }
+                if webhook.secret.len() < 16 {
+                    return Err(invalid(
+                        field("webhook.secret"),
+                        "must be at least 16 characters",
                     ));
                 }
             }
@@ -372,6 +446,14 @@ impl Config {
         self.tenants.iter().find_map(|(id, tenant)| {
             (tenant.broker_user.as_deref().unwrap_or(id.as_str()) == user).then_some(id)
         })
+    }
+
+    /// Whether this is the operators' key (`scheduler.operator_key_sha256`).
+    pub fn is_operator_key(&self, api_key: &str) -> bool {
+        self.scheduler
+            .operator_key_sha256
+            .as_deref()
+            .is_some_and(|hash| crate::privacy::api_key_matches(api_key, hash))
     }
 
     /// The tenant whose API key this is, compared in constant time against every hash.

@@ -199,4 +199,8 @@ pub struct JobMessage {
     /// echoed in the result so a pipeline can match results to what it sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// When the control plane accepted the job (Unix ms): an erasure requested after it
+    /// stops the job from writing anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at_ms: Option<i64>,
 }

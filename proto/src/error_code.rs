@@ -79,6 +79,12 @@ error_codes! {
     UploadsBusy = "uploads_busy", http 503, Retry;
     /// No job with this id for this tenant.
     JobNotFound = "job_not_found", http 404, Abort;
+    /// No erasure, export or export archive with this id for this caller.
+    NotFound = "not_found", http 404, Abort;
+    /// Only the operators' key (`scheduler.operator_key_sha256`) may do this.
+    OperatorOnly = "operator_only", http 403, Abort;
+    /// An export download link past its expiry; ask for a new export.
+    LinkExpired = "link_expired", http 410, Abort;
     /// Uploads for this region go to the region's own ingest endpoint, and none is configured.
     UploadInRegion = "upload_in_region", http 409, Abort;
     /// An idempotency key used before with another envelope.
@@ -100,6 +106,9 @@ error_codes! {
     JobTooLarge = "job_too_large", http 200, Abort;
     /// The job ran longer than `limits.job_timeout_seconds`.
     JobTimeout = "job_timeout", http 200, Abort;
+    /// The job's subject, asset or tenant was erased after the job was submitted: it
+    /// wrote nothing (or removed what it had written).
+    Erased = "erased", http 200, Abort;
     /// No original under the job's source key in the region's store.
     SourceNotFound = "source_not_found", http 200, Abort;
     /// The region's store did not answer, after every retry and redelivery.

@@ -90,9 +90,12 @@ pub fn subject_prefix(tenant: &TenantId, subject: Option<&str>) -> String {
     format!("{tenant}/subjects/{}/", subject.unwrap_or(NO_SUBJECT))
 }
 
-/// The asset prefix (`TENANT/subjects/SUBJECT/assets/ASSET/`) of an original's key,
-/// when the key is an original of `tenant` laid out as [`AssetLocation::original`] does.
-pub fn asset_prefix_of_original(key: &str, tenant: &TenantId) -> Option<String> {
+/// The subject (`_` for none) and asset of an original's key, when the key is an
+/// original of `tenant` laid out as [`AssetLocation::original`] does.
+pub fn subject_and_asset_of_original<'a>(
+    key: &'a str,
+    tenant: &TenantId,
+) -> Option<(&'a str, &'a str)> {
     let rest = key.strip_prefix(&tenant_prefix(tenant))?;
     let mut parts = rest.splitn(6, '/');
     let (subjects, subject, assets, asset, original, source) = (
@@ -110,7 +113,14 @@ pub fn asset_prefix_of_original(key: &str, tenant: &TenantId) -> Option<String> 
         && subject_ok
         && check_name(asset).is_ok()
         && check_source_key(source).is_ok();
-    well_formed.then(|| format!("{tenant}/subjects/{subject}/assets/{asset}/"))
+    well_formed.then_some((subject, asset))
+}
+
+/// The asset prefix (`TENANT/subjects/SUBJECT/assets/ASSET/`) of an original's key,
+/// when the key is an original of `tenant` laid out as [`AssetLocation::original`] does.
+pub fn asset_prefix_of_original(key: &str, tenant: &TenantId) -> Option<String> {
+    let (subject, asset) = subject_and_asset_of_original(key, tenant)?;
+    Some(format!("{tenant}/subjects/{subject}/assets/{asset}/"))
 }
 
 /// Whether `key` is an output (`PREFIX/outputs/NAME.EXT`) of the asset at `asset_prefix`.

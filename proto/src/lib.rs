@@ -9,6 +9,7 @@
 //! - [`config`]: regions and tenants, loaded from TOML and validated.
 //! - [`validate`]: envelopes checked against the configuration.
 //! - [`result`]: what a worker reports back about a job.
+//! - [`gdpr`]: erasure and export requests, signed receipts, purge events, tombstones.
 //! - [`secrets`]: which configuration values are secret, redaction, demo secrets.
 //! - [`stores`]: where a store's objects really live, to keep regions' stores apart.
 //! - [`topology`]: names of exchanges, queues and headers.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod envelope;
 pub mod error_code;
+pub mod gdpr;
 pub mod ids;
 pub mod keys;
 pub mod limits;
@@ -34,5 +36,7 @@ pub use envelope::{
 pub use error_code::{ErrorCode, Recovery};
 pub use ids::{RegionId, TenantId};
 pub use limits::Limits;
-pub use result::{JobError, JobEvent, JobOutcome, JobResult, JobStatus, OutputInfo, StageTimings};
+pub use result::{
+    JobError, JobOutcome, JobResult, JobStatus, OutputInfo, StageTimings, WorkerEvent,
+};
 pub use validate::{Refusal, ValidatedJob};

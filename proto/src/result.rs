@@ -150,14 +150,37 @@ impl JobResult {
     }
 }
 
-/// What a worker tells the scheduler while a job moves.
+/// What a worker tells the scheduler: jobs starting and finishing, and the progress
+/// and outcome of the control plane's requests (erasure, export).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
-pub enum JobEvent {
+pub enum WorkerEvent {
     Started {
         job_id: uuid::Uuid,
         tenant: TenantId,
         region: RegionId,
     },
     Finished(JobResult),
+    /// Keys deleted (by an erasure or a retention sweep), for CDNs to invalidate.
+    Purged(crate::gdpr::PurgeBatch),
+    /// How far an erasure has got in the region.
+    Erasing(crate::gdpr::ErasureProgress),
+    /// The region's signed receipt of its part of an erasure.
+    Erased(crate::gdpr::ErasureReceipt),
+    /// The region's part of an export.
+    Exported(crate::gdpr::ExportReport),
+}
+
+impl WorkerEvent {
+    /// The tenant and region the event is about (a region reports on its own only).
+    pub fn tenant_and_region(&self) -> (&TenantId, &RegionId) {
+        match self {
+            WorkerEvent::Started { tenant, region, .. } => (tenant, region),
+            WorkerEvent::Finished(result) => (&result.tenant, &result.region),
+            WorkerEvent::Purged(batch) => (&batch.tenant, &batch.region),
+            WorkerEvent::Erasing(progress) => (&progress.tenant, &progress.region),
+            WorkerEvent::Erased(receipt) => (&receipt.tenant, &receipt.region),
+            WorkerEvent::Exported(report) => (&report.tenant, &report.region),
+        }
+    }
 }

@@ -7,10 +7,18 @@ use crate::config::{Config, DEMO_PSEUDONYMISATION_KEY};
 use crate::ids::RegionId;
 use crate::privacy::hash_api_key;
 
-/// The public API keys of the demo tenants in the shipped example config.
-pub const DEMO_API_KEYS: [&str; 3] = ["demo-eu-key", "demo-ca-key", "demo-sg-key"];
+/// The public API keys of the demo tenants and operators in the shipped example config.
+pub const DEMO_API_KEYS: [&str; 4] = [
+    "demo-eu-key",
+    "demo-ca-key",
+    "demo-sg-key",
+    "demo-operator-key",
+];
 
 const REDACTED: &str = "***";
+
+/// How the example config's public demo keys begin: nobody's real key does.
+pub const DEMO_KEY_MARK: &str = "de0de0de";
 
 /// Whether a store option holds a secret (object_store's keys and their aliases).
 pub fn is_secret_option(name: &str) -> bool {
@@ -72,10 +80,19 @@ impl Config {
                 *url = redact_url(url);
             }
             redact_options(&mut region.store_options);
+            for secret in [&mut region.receipt_key, &mut region.download_key]
+                .into_iter()
+                .flatten()
+            {
+                *secret = REDACTED.to_string();
+            }
         }
         for tenant in config.tenants.values_mut() {
             for store in tenant.stores.values_mut() {
                 redact_options(&mut store.store_options);
+            }
+            if let Some(webhook) = &mut tenant.webhook {
+                webhook.secret = REDACTED.to_string();
             }
         }
         config
@@ -92,8 +109,13 @@ impl Config {
         for (id, other) in config.regions.iter_mut() {
             if id != region {
                 other.amqp_url = None;
+                other.receipt_key = None;
+                other.download_key = None;
                 strip_secret_options(&mut other.store_options);
             }
+        }
+        for tenant in config.tenants.values_mut() {
+            tenant.webhook = None;
         }
         for tenant in config.tenants.values_mut() {
             for (id, store) in tenant.stores.iter_mut() {
@@ -105,13 +127,44 @@ impl Config {
         config
     }
 
+    /// The control plane's view: no region's own secrets (receipt and download keys).
+    pub fn for_control_plane(&self) -> Config {
+        let mut config = self.clone();
+        for region in config.regions.values_mut() {
+            region.receipt_key = None;
+            region.download_key = None;
+        }
+        config
+    }
+
     /// The fields that hold the public demo secrets of the example config.
     pub fn demo_secrets(&self) -> Vec<String> {
         let mut fields = Vec::new();
         if self.scheduler.pseudonymisation_key == DEMO_PSEUDONYMISATION_KEY {
             fields.push("scheduler.pseudonymisation_key".to_string());
         }
+        for (id, region) in &self.regions {
+            if region
+                .receipt_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(DEMO_KEY_MARK))
+            {
+                fields.push(format!("regions.{id}.receipt_key"));
+            }
+            if region
+                .download_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(DEMO_KEY_MARK))
+            {
+                fields.push(format!("regions.{id}.download_key"));
+            }
+        }
         let demo_hashes: Vec<String> = DEMO_API_KEYS.iter().map(|k| hash_api_key(k)).collect();
+        if let Some(operator) = &self.scheduler.operator_key_sha256 {
+            if demo_hashes.contains(&operator.to_ascii_lowercase()) {
+                fields.push("scheduler.operator_key_sha256".to_string());
+            }
+        }
         for (id, tenant) in &self.tenants {
             if demo_hashes.contains(&tenant.api_key_sha256.to_ascii_lowercase()) {
                 fields.push(format!("tenants.{id}.api_key_sha256"));
@@ -186,7 +239,9 @@ mod tests {
     #[test]
     fn the_example_configs_demo_secrets_are_found() {
         let demo = Config::from_toml_str(EXAMPLE).unwrap().demo_secrets();
-        assert_eq!(demo.len(), 4, "{demo:?}");
+        // The pseudonymisation key, the operators' key, three tenants' API keys, and
+        // three regions' receipt and download keys.
+        assert_eq!(demo.len(), 11, "{demo:?}");
         assert!(demo.contains(&"tenants.demo-eu.api_key_sha256".to_string()));
     }
 }

@@ -16,8 +16,11 @@ pub const SUBMIT_QUEUE: &str = "locality.submit";
 pub const SUBMIT_DEAD_LETTER_QUEUE: &str = "locality.submit.dead";
 /// Results go out here as JSON, topic exchange, routing key `TENANT.OUTCOME`.
 pub const RESULTS_EXCHANGE: &str = "locality.results";
-/// Jobs exchange on each region's vhost (direct, routing key = priority).
+/// Jobs exchange on each region's vhost (direct, routing key = priority, or
+/// [`CONTROL_ROUTING_KEY`] for the control plane's requests).
 pub const JOBS_EXCHANGE: &str = "locality.jobs";
+/// Routing key of the control plane's requests to a region (erase, export).
+pub const CONTROL_ROUTING_KEY: &str = "control";
 /// Workers publish job events (started, finished) here on their region's vhost;
 /// the scheduler consumes them and relays finished jobs to [`RESULTS_EXCHANGE`].
 pub const EVENTS_EXCHANGE: &str = "locality.events";
@@ -43,6 +46,12 @@ pub const RETRY_EXCHANGE: &str = "locality.retry";
 /// Queue holding a region's jobs of one priority; lives on the region's own vhost.
 pub fn jobs_queue(region: &RegionId, priority: Priority) -> String {
     format!("locality.jobs.{region}.{}", priority.as_str())
+}
+
+/// Queue of the control plane's requests to a region (erasures, exports): consumed before
+/// any job.
+pub fn control_queue(region: &RegionId) -> String {
+    format!("locality.control.{region}")
 }
 
 /// Queue of a region's job events, read by the scheduler.

@@ -107,6 +107,7 @@ impl ValidatedJob {
                 .client_ip
                 .map(|ip| crate::privacy::pseudonymise_ip(ip, pseudonymisation_key)),
             correlation_id: None,
+            submitted_at_ms: None,
         }
     }
 }

@@ -24,13 +24,14 @@ use locality_broker::{
     confirm_channel, json_properties, publish_confirmed, settle, short, with_text_header,
     BrokerError, Link,
 };
+use locality_proto::gdpr::{PurgeBatch, RegionRequest};
 use locality_proto::topology::{
-    events_queue, jobs_queue, CONTENT_TYPE, DEAD_LETTER_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE,
-    SUBMIT_QUEUE, TENANT_HEADER,
+    events_queue, jobs_queue, CONTENT_TYPE, CONTROL_ROUTING_KEY, DEAD_LETTER_EXCHANGE,
+    JOBS_EXCHANGE, RESULTS_EXCHANGE, SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{
-    ErrorCode, JobError, JobEvent, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId,
-    TenantId, ENVELOPE_VERSION,
+    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId, TenantId,
+    WorkerEvent, ENVELOPE_VERSION,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +90,31 @@ impl ResultSink for AmqpResults {
     fn publish<'a>(&'a self, result: &'a JobResult) -> BoxFuture<'a, Result<(), String>> {
         async move { self.publish_now(result).await.map_err(|e| e.to_string()) }.boxed()
     }
+
+    fn publish_purge<'a>(&'a self, batch: &'a PurgeBatch) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let channel = self.0.get().map_err(|e| e.to_string())?;
+            let payload = serde_json::to_vec(batch).expect("purge batches serialise");
+            let properties = with_text_header(
+                json_properties(ENVELOPE_VERSION),
+                TENANT_HEADER,
+                batch.tenant.as_str(),
+            );
+            match publish_confirmed(
+                &channel,
+                RESULTS_EXCHANGE,
+                &batch.routing_key(),
+                &payload,
+                properties,
+            )
+            .await
+            {
+                Err(BrokerError::Unroutable { .. }) | Ok(()) => Ok(()),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// A region reached over its own broker or vhost.
@@ -130,6 +156,24 @@ impl JobDispatch for AmqpRegion {
                 &channel,
                 JOBS_EXCHANGE,
                 job.priority.as_str(),
+                &payload,
+                properties,
+            )
+            .await
+            .map_err(|e| self.unavailable(e))
+        }
+        .boxed()
+    }
+
+    fn send_request(&self, request: RegionRequest) -> BoxFuture<'_, Result<(), DispatchError>> {
+        async move {
+            let channel = self.jobs.get().map_err(|e| self.unavailable(e))?;
+            let payload = serde_json::to_vec(&request).expect("requests serialise");
+            let properties = job_properties(request.tenant(), &request.id(), None);
+            publish_confirmed(
+                &channel,
+                JOBS_EXCHANGE,
+                CONTROL_ROUTING_KEY,
                 &payload,
                 properties,
             )
@@ -431,7 +475,7 @@ async fn relay_event(
     shutdown: &CancellationToken,
 ) {
     let what = format!("job event from region {region}");
-    let event: JobEvent = match serde_json::from_slice(&delivery.data) {
+    let event: WorkerEvent = match serde_json::from_slice(&delivery.data) {
         Ok(event) => event,
         Err(err) => {
             tracing::warn!(%region, error = %err, "unreadable job event dropped");
@@ -440,10 +484,7 @@ async fn relay_event(
         }
     };
     // A region reports on its own jobs and configured tenants only.
-    let (event_region, tenant) = match &event {
-        JobEvent::Started { region, tenant, .. } => (region, tenant),
-        JobEvent::Finished(result) => (&result.region, &result.tenant),
-    };
+    let (tenant, event_region) = event.tenant_and_region();
     if event_region != region || !control.config().tenants.contains_key(tenant) {
         tracing::warn!(%region, "an event naming another region or an unknown tenant dropped");
         settle::dead_letter(&delivery, &what).await;

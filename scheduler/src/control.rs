@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use locality_proto::{
-    Config, ErrorCode, JobEnvelope, JobEvent, JobMessage, JobResult, Priority, Refusal, RegionId,
-    TenantId,
+    Config, ErrorCode, JobEnvelope, JobMessage, JobResult, Priority, Refusal, RegionId, TenantId,
+    WorkerEvent,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -61,10 +61,16 @@ pub enum RelayError {
     Pending,
 }
 
-/// Where results go once recorded: `locality.results` in the distributed mode.
+/// Where results and purge events go once recorded: `locality.results` in the
+/// distributed mode (routing keys `TENANT.OUTCOME` and `TENANT.purged`).
 pub trait ResultSink: Send + Sync + 'static {
     /// Returns once the result is safely published.
     fn publish<'a>(&'a self, result: &'a JobResult) -> BoxFuture<'a, Result<(), String>>;
+    /// Returns once the purge event is safely published.
+    fn publish_purge<'a>(
+        &'a self,
+        batch: &'a locality_proto::gdpr::PurgeBatch,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// A submission that was accepted now (`new`) or earlier under the same idempotency key.
@@ -91,13 +97,14 @@ impl Readiness {
 
 /// The control plane's state, shared by its doors.
 pub struct Control {
-    config: Arc<Config>,
-    regions: BTreeMap<RegionId, Region>,
-    store: JobStore,
-    results: Option<Arc<dyn ResultSink>>,
-    metrics: SchedulerMetrics,
+    pub(crate) config: Arc<Config>,
+    pub(crate) regions: BTreeMap<RegionId, Region>,
+    pub(crate) store: JobStore,
+    pub(crate) results: Option<Arc<dyn ResultSink>>,
+    pub(crate) metrics: SchedulerMetrics,
     /// This scheduler, as the holder of claims in the shared store.
-    identity: String,
+    pub(crate) identity: String,
+    pub(crate) http: reqwest::Client,
     /// Connections besides the regions' (the scheduler's own broker), for readiness.
     links: Vec<(String, Arc<AtomicBool>)>,
 }
@@ -120,6 +127,10 @@ impl Control {
             results: None,
             metrics: SchedulerMetrics::register(registry),
             identity: format!("scheduler-{}", Uuid::new_v4()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client for webhooks"),
             links: Vec::new(),
         }
     }
@@ -188,6 +199,8 @@ impl Control {
             self.config.scheduler.pseudonymisation_key.as_bytes(),
         );
         message.correlation_id = correlation_id;
+        // The erasures requested after this moment are the ones this job yields to.
+        message.submitted_at_ms = Some(now_millis());
         let new = NewJob {
             message: message.clone(),
             subject,
@@ -258,13 +271,17 @@ impl Control {
     /// Applies a worker's event. A job's first final result is published to the
     /// result sink, once across every scheduler and restart; a repeated one is not.
     /// An error means: settle nothing, try the same event again later.
-    pub async fn record_event(&self, event: &JobEvent) -> Result<(), RelayError> {
+    pub async fn record_event(&self, event: &WorkerEvent) -> Result<(), RelayError> {
         match event {
-            JobEvent::Started { job_id, .. } => {
+            WorkerEvent::Started { job_id, .. } => {
                 self.store.record_started(job_id, now_millis()).await?;
                 Ok(())
             }
-            JobEvent::Finished(result) => self.finish(result).await,
+            WorkerEvent::Finished(result) => self.finish(result).await,
+            WorkerEvent::Purged(batch) => self.relay_purge(batch).await,
+            WorkerEvent::Erasing(progress) => self.record_progress(progress).await,
+            WorkerEvent::Erased(receipt) => self.record_receipt(receipt).await,
+            WorkerEvent::Exported(report) => self.record_export(report).await,
         }
     }
 
@@ -286,6 +303,10 @@ impl Control {
     }
 
     async fn relay(&self, result: &JobResult) -> Result<(), RelayError> {
+        if let Err(err) = self.notify(&result.tenant, "result", result).await {
+            self.store.release_relay(&result.job_id).await?;
+            return Err(err.into());
+        }
         if let Some(sink) = &self.results {
             if let Err(reason) = sink.publish(result).await {
                 self.store.release_relay(&result.job_id).await?;
@@ -302,14 +323,18 @@ impl Control {
         Ok(())
     }
 
-    /// Jobs accepted but not finished go back to waiting for dispatch: `locality up`
-    /// calls this at start, since its in-process queues did not survive the last stop.
+    /// Jobs and requests accepted but not finished go back to waiting for dispatch:
+    /// `locality up` calls this at start, since its in-process queues did not survive
+    /// the last stop.
     pub async fn requeue_unfinished(&self) -> Result<u64, StoreError> {
-        self.store.requeue_unfinished(now_millis()).await
+        let jobs = self.store.requeue_unfinished(now_millis()).await?;
+        let requests = self.store.requeue_unfinished_requests().await?;
+        Ok(jobs + requests)
     }
 
-    /// Until `shutdown`: sends jobs that wait for their region, fails those past their
-    /// deadline, and sweeps expired job records (one scheduler at a time).
+    /// Until `shutdown`: sends jobs and requests that wait for their region, fails jobs
+    /// past their deadline, delivers webhooks, and sweeps expired job records (one
+    /// scheduler at a time).
     pub async fn run_background(&self, shutdown: CancellationToken) {
         let sweep_every = Duration::from_secs(self.config.jobs.sweep_interval_seconds);
         let mut next_sweep = tokio::time::Instant::now();
@@ -345,6 +370,14 @@ impl Control {
         for job in waiting {
             self.dispatch(job.message).await;
         }
+        let requests = self
+            .store
+            .claim_unsent_requests(&self.identity, now_millis(), DISPATCH_BATCH)
+            .await?;
+        for request in requests {
+            self.send_request(request).await;
+        }
+        self.deliver_webhooks().await?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use locality_http::ApiError;
+use locality_proto::gdpr::RegionRequest;
 use locality_proto::JobMessage;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,9 @@ pub struct DispatchError {
 pub trait JobDispatch: Send + Sync + 'static {
     /// Enqueues a job on the region's queue; returns once the queue holds it.
     fn dispatch(&self, job: JobMessage) -> BoxFuture<'_, Result<(), DispatchError>>;
+    /// Sends a request of the control plane (erase, export) to the region's workers,
+    /// ahead of its jobs; returns once the region's queue holds it.
+    fn send_request(&self, request: RegionRequest) -> BoxFuture<'_, Result<(), DispatchError>>;
     /// Jobs waiting in the region's queues: (interactive, batch).
     fn queue_depth(&self) -> (usize, usize);
     /// Whether the region can take work now.

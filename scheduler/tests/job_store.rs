@@ -70,6 +70,7 @@ fn message(tenant_id: &str, region: &str) -> JobMessage {
         priority: Priority::Batch,
         client_ip_pseudonym: Some("ip1-abc".into()),
         correlation_id: None,
+        submitted_at_ms: Some(1),
     }
 }
 

@@ -9,6 +9,7 @@
 //! connection, so a client that sent its body without `Expect: 100-continue` is not
 //! drained.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use locality_http::{
     authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
     ApiError, SourceQuery,
 };
-use locality_proto::{Config, ErrorCode};
+use locality_proto::{Config, ErrorCode, RegionId, TenantId};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -60,6 +61,10 @@ impl Uploads {
 
     pub fn region(&self) -> &locality_proto::RegionId {
         self.stores.region()
+    }
+
+    pub fn stores(&self) -> &RegionStores {
+        &self.stores
     }
 
     /// Streams `body` into `object_key` once a slot is free; at most `limit` bytes. A
@@ -152,6 +157,8 @@ fn empty() -> ApiError {
 pub struct IngestState {
     pub config: Arc<Config>,
     pub uploads: Uploads,
+    /// The region's export archives.
+    pub downloads: Downloads,
     /// The worker's broker connection, for `/readyz`.
     pub connected: Arc<AtomicBool>,
     pub registry: prometheus::Registry,
@@ -163,6 +170,7 @@ pub fn router(state: IngestState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(downloads_router(state.downloads.clone()))
         .with_state(state)
 }
 
@@ -225,6 +233,111 @@ async fn receive_source(
         &location,
         written as usize,
     ))
+}
+
+/// Export archives this process hands out: each region's stores and download key
+/// (`regions.ID.download_key`). A worker has its own region only; `locality up` all.
+#[derive(Clone, Default)]
+pub struct Downloads {
+    regions: Arc<BTreeMap<RegionId, (RegionStores, Vec<u8>)>>,
+}
+
+impl Downloads {
+    /// The regions of `stores` that have a download key in `config`.
+    pub fn new(config: &Config, stores: impl IntoIterator<Item = RegionStores>) -> Self {
+        let regions = stores
+            .into_iter()
+            .filter_map(|stores| {
+                let key = config.regions[stores.region()].download_key.as_deref()?;
+                // Checked when the configuration was validated.
+                let key = hex::decode(key).ok()?;
+                Some((stores.region().clone(), (stores, key)))
+            })
+            .collect();
+        Self {
+            regions: Arc::new(regions),
+        }
+    }
+}
+
+/// `GET /v1/exports/{export_id}/{region}.tar`, for the regions of `downloads`.
+pub fn downloads_router<S: Clone + Send + Sync + 'static>(downloads: Downloads) -> Router<S> {
+    Router::new()
+        .route("/v1/exports/{export_id}/{file}", get(download_export))
+        .with_state(downloads)
+}
+
+/// The query of an export download link (see `locality_proto::gdpr::download_link`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownloadQuery {
+    tenant: String,
+    subject: String,
+    expires: i64,
+    signature: String,
+}
+
+/// `GET /v1/exports/{export_id}/{region}.tar?tenant=&subject=&expires=&signature=`: an
+/// export archive, streamed from its region's store, for whoever holds an unexpired
+/// link signed by that region. The bytes never leave the region any other way.
+async fn download_export(
+    State(downloads): State<Downloads>,
+    Path((export_id, file)): Path<(String, String)>,
+    Query(query): Query<DownloadQuery>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such export archive here");
+    let export_id = uuid::Uuid::parse_str(&export_id).map_err(|_| not_found())?;
+    let tenant = TenantId::new(query.tenant.clone()).map_err(|_| not_found())?;
+    let (region, (stores, key)) = file
+        .strip_suffix(".tar")
+        .and_then(|region| {
+            downloads
+                .regions
+                .iter()
+                .find(|(id, _)| id.as_str() == region)
+        })
+        .ok_or_else(not_found)?;
+    let genuine = locality_proto::gdpr::download_signature_matches(
+        key,
+        &export_id,
+        region,
+        &tenant,
+        &query.subject,
+        query.expires,
+        &query.signature,
+    );
+    if !genuine {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorised,
+            "the download link's signature is not valid",
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    if query.expires < now {
+        return Err(ApiError::new(
+            ErrorCode::LinkExpired,
+            "the download link has expired; ask for a new export",
+        ));
+    }
+    let object_key = crate::gdpr::archive_key(&tenant, &query.subject, &export_id, region.as_str());
+    let store = stores.for_key(&object_key);
+    let (size, chunks) = store
+        .get_stream(&object_key)
+        .await
+        .map_err(|err| match err {
+            StoreError::NotFound { .. } => not_found(),
+            err => store_failure(err),
+        })?;
+    let headers = [
+        (
+            axum::http::header::CONTENT_TYPE,
+            "application/x-tar".to_string(),
+        ),
+        (axum::http::header::CONTENT_LENGTH, size.to_string()),
+    ];
+    Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
 async fn readyz(State(state): State<IngestState>) -> Response {

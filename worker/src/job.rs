@@ -23,6 +23,10 @@ pub struct WorkerContext {
     stores: RegionStores,
     /// Tenants pinned to this region: the only ones whose jobs run here.
     tenants: BTreeSet<TenantId>,
+    /// The region's key for signing erasure receipts.
+    receipt_key: Option<ed25519_dalek::SigningKey>,
+    /// The region's key for signing export download links.
+    download_key: Option<Vec<u8>>,
     pub limits: Limits,
     pub options: PipelineOptions,
     pub cpu_pool: Arc<rayon::ThreadPool>,
@@ -45,11 +49,23 @@ impl WorkerContext {
             .filter(|(_, tenant)| tenant.regions.contains(stores.region()))
             .map(|(id, _)| id.clone())
             .collect();
+        let own = &config.regions[stores.region()];
+        // Both keys were checked when the configuration was validated.
+        let receipt_key = own
+            .receipt_key
+            .as_deref()
+            .and_then(|seed| locality_proto::gdpr::receipt_key(seed).ok());
+        let download_key = own
+            .download_key
+            .as_deref()
+            .and_then(|k| hex::decode(k).ok());
         Self {
             budget: MemoryBudget::new(limits.worker_memory_budget),
             metrics: metrics.for_region(stores.region()),
             stores,
             tenants,
+            receipt_key,
+            download_key,
             limits,
             options: PipelineOptions::default(),
             cpu_pool,
@@ -62,6 +78,19 @@ impl WorkerContext {
 
     pub fn stores(&self) -> &RegionStores {
         &self.stores
+    }
+
+    pub fn receipt_key(&self) -> Option<&ed25519_dalek::SigningKey> {
+        self.receipt_key.as_ref()
+    }
+
+    pub fn download_key(&self) -> Option<&[u8]> {
+        self.download_key.as_deref()
+    }
+
+    /// Whether `tenant` is pinned to this region.
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        self.tenants.contains(tenant)
     }
 }
 
@@ -197,6 +226,13 @@ pub async fn process_job(
 ) -> Result<JobResult, JobFailure> {
     let deadline = std::time::Duration::from_secs(context.limits.job_timeout_seconds);
     match tokio::time::timeout(deadline, run_job(context, message)).await {
+        // The source was deleted under the job: by an erasure, the result says so.
+        Ok(Err(failure)) if failure.code == ErrorCode::SourceNotFound => {
+            if crate::gdpr::erased_since(context, message).await? {
+                return Err(erased());
+            }
+            Err(failure)
+        }
         Ok(result) => result,
         Err(_) => Err(JobFailure::failed(
             ErrorCode::JobTimeout,
@@ -210,6 +246,25 @@ pub async fn process_job(
 
 fn panicked(panic: crate::cpu::WorkPanicked) -> JobFailure {
     JobFailure::failed(ErrorCode::InternalError, panic.to_string())
+}
+
+fn erased() -> JobFailure {
+    JobFailure::failed(
+        ErrorCode::Erased,
+        "its subject, asset or tenant was erased after the job was submitted; it wrote nothing",
+    )
+}
+
+/// Deletes the outputs this attempt of a job stored.
+async fn remove_outputs(context: &WorkerContext, outputs: &[OutputInfo]) -> Result<(), StoreError> {
+    for output in outputs {
+        context
+            .stores
+            .for_key(&output.key)
+            .delete(&output.key)
+            .await?;
+    }
+    Ok(())
 }
 
 fn too_large(detail: String) -> JobFailure {
@@ -231,6 +286,12 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
             "its outputs ask for {output_pixels} pixels in all, more than limits.max_output_pixels ({})",
             limits.max_output_pixels
         )));
+    }
+
+    // Nothing is deleted here: the outputs' keys may hold what a job submitted after
+    // the erasure wrote.
+    if crate::gdpr::erased_since(context, message).await? {
+        return Err(erased());
     }
 
     // The size first, then the header: the job's whole cost is known before its
@@ -304,11 +365,20 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
     for (encoded, spec) in rendered.outputs.into_iter().zip(&message.outputs) {
         let bytes = encoded.bytes.len() as u64;
         context.metrics.bytes_written(encoded.bytes.len());
-        context
+        let stored = context
             .stores
             .for_key(&spec.key)
             .put(&spec.key, Bytes::from(encoded.bytes))
-            .await?;
+            .await;
+        if let Err(err) = stored {
+            // A retry would stop at the first tombstone check: what this attempt
+            // stored must go now if an erasure came meanwhile.
+            if crate::gdpr::erased_since(context, message).await? {
+                remove_outputs(context, &outputs).await?;
+                return Err(erased());
+            }
+            return Err(err.into());
+        }
         outputs.push(OutputInfo {
             name: encoded.name,
             key: spec.key.clone(),
@@ -318,6 +388,11 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
             format: encoded.format,
             bytes,
         });
+    }
+    // An erasure may have come while the job ran: then nothing of it stays behind.
+    if crate::gdpr::erased_since(context, message).await? {
+        remove_outputs(context, &outputs).await?;
+        return Err(erased());
     }
     drop(in_flight);
     drop(reservation);

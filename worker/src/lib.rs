@@ -7,11 +7,13 @@
 //! - [`job`]: one job from message to stored outputs and result.
 //! - [`pipeline`]: decode, orient, colour, resize, encode (pure CPU work).
 //! - [`store`]: the region's object store.
-//! - [`ingest`]: the worker's HTTP endpoint (uploads, health, metrics).
+//! - [`gdpr`]: erasure (tombstones, receipts, purge events) and export in the region.
+//! - [`ingest`]: the worker's HTTP endpoint (uploads, export downloads, health, metrics).
 //! - [`budget`], [`cpu`], [`metrics`]: the pixel budget, the rayon hand-off, metrics.
 
 pub mod budget;
 pub mod cpu;
+pub mod gdpr;
 pub mod ingest;
 pub mod job;
 pub mod metrics;

@@ -39,6 +39,7 @@ struct Vecs {
     bytes_read: IntCounterVec,
     bytes_written: IntCounterVec,
     store_errors: IntCounterVec,
+    erased: IntCounterVec,
 }
 
 /// The metric families, registered once per process; each region's worker records
@@ -120,6 +121,11 @@ impl WorkerMetrics {
                 "locality_worker_store_errors_total",
                 "Jobs that met a store error, by code",
                 &["region", "code"],
+            ),
+            erased: counter(
+                "locality_worker_erased_objects_total",
+                "Objects deleted by erasures",
+                &["region"],
             ),
         };
         Self(Arc::new(vecs))
@@ -213,6 +219,13 @@ impl RegionMetrics {
                 .with_label_values(&self.labels(&[stage.as_str()]))
                 .observe(ms / 1000.0);
         }
+    }
+
+    pub fn erased(&self, objects: usize) {
+        self.vecs
+            .erased
+            .with_label_values(&[&self.region])
+            .inc_by(objects as u64);
     }
 
     pub fn bytes_read(&self, bytes: usize) {

@@ -11,8 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use locality_proto::gdpr::RegionRequest;
 use locality_proto::{
-    ErrorCode, JobError, JobEvent, JobMessage, JobOutcome, JobResult, Recovery, RegionId, TenantId,
+    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Recovery, RegionId, TenantId,
+    WorkerEvent,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -35,6 +37,8 @@ pub enum TransportError {
 #[derive(Debug)]
 pub enum Received {
     Job(Box<JobMessage>),
+    /// A request of the control plane (erase, export), taken before any job.
+    Request(Box<RegionRequest>),
     Unreadable(Unreadable),
 }
 
@@ -90,7 +94,10 @@ pub trait JobSource: Send {
 /// Where a worker reports what happens to its jobs.
 pub trait EventSink: Send + Sync + 'static {
     /// Returns once the event is safely on its way (confirmed by the broker).
-    fn publish(&self, event: JobEvent) -> impl Future<Output = Result<(), TransportError>> + Send;
+    fn publish(
+        &self,
+        event: WorkerEvent,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send;
 }
 
 /// What became of a delivery's job, as far as settling is concerned.
@@ -201,6 +208,9 @@ async fn handle<D: Delivery, E: EventSink>(
     let limit = context.limits.delivery_limit;
     let message = match received {
         Received::Job(message) => message,
+        Received::Request(request) => {
+            return handle_request(context, events, *request, attempt, delivery).await;
+        }
         Received::Unreadable(unreadable) => {
             tracing::warn!(%region, reason = %unreadable.reason, "unreadable job message: dead-lettered");
             let result = unreadable.result(region);
@@ -226,7 +236,7 @@ async fn handle<D: Delivery, E: EventSink>(
             let result = failure_result(&message, region, &failure);
             return finish(context, events, delivery, Verdict::ReturnedTooOften, attempt, Some(result)).await;
         }
-        let started = JobEvent::Started {
+        let started = WorkerEvent::Started {
             job_id: message.job_id,
             tenant: message.tenant.clone(),
             region: region.clone(),
@@ -245,6 +255,56 @@ async fn handle<D: Delivery, E: EventSink>(
             }
         };
         finish(context, events, delivery, verdict, attempt, Some(result)).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// One request of the control plane: carried out (it reports on itself as it goes),
+/// then settled by the same rule as a job.
+async fn handle_request<D: Delivery, E: EventSink>(
+    context: &WorkerContext,
+    events: &E,
+    request: RegionRequest,
+    attempt: u32,
+    delivery: D,
+) {
+    let region = context.region();
+    let span = tracing::info_span!("request", id = %request.id(), tenant = %request.tenant(), %region, attempt);
+    async move {
+        let outcome = if request.region() != region || !context.serves(request.tenant()) {
+            Err(JobFailure::failed(
+                ErrorCode::TenantNotInRegion,
+                format!(
+                    "residency: a request for tenant {} in region {} reached region {region}",
+                    request.tenant(),
+                    request.region()
+                ),
+            ))
+        } else {
+            match &request {
+                RegionRequest::Erase(erase) => crate::gdpr::erase(context, events, erase).await,
+                RegionRequest::Export(export) => crate::gdpr::export(context, events, export).await,
+            }
+        };
+        let verdict = match &outcome {
+            Ok(()) => Verdict::Succeeded,
+            Err(failure) => {
+                tracing::warn!(code = %failure.code, reason = %failure.message, "request failed");
+                Verdict::Failed(failure.recovery())
+            }
+        };
+        let settled = match settle(attempt, context.limits.delivery_limit, verdict) {
+            // A request failing for good is kept for operators in the dead-letter queue:
+            // its part stays pending in the control plane until someone replays it.
+            Disposition::Ack if outcome.is_err() => delivery.dead_letter().await,
+            Disposition::Ack => delivery.ack().await,
+            Disposition::Retry { delay } => delivery.retry(attempt, delay).await,
+            Disposition::DeadLetter => delivery.dead_letter().await,
+        };
+        if let Err(err) = settled {
+            tracing::warn!(error = %err, "could not settle a request; it will be delivered again");
+        }
     }
     .instrument(span)
     .await
@@ -290,7 +350,7 @@ async fn finish<D: Delivery, E: EventSink>(
                 tracing::info!(attempt, code = %error.code, reason = %error.message, "job failed")
             }
         }
-        if events.publish(JobEvent::Finished(result)).await.is_err() {
+        if events.publish(WorkerEvent::Finished(result)).await.is_err() {
             // Unreported: settle nothing, so the job is delivered again.
             return release(delivery).await;
         }

@@ -287,6 +287,39 @@ impl RegionStore {
         .await
     }
 
+    /// An object as a stream of chunks, with its size: for sending it on without
+    /// holding it whole. Not retried once it has started.
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<
+        (
+            u64,
+            futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+        ),
+        StoreError,
+    > {
+        use futures::StreamExt;
+        let path = self.path(key)?;
+        let result = with_retries(self.attempts, || async {
+            self.inner
+                .get(&path)
+                .await
+                .map_err(|e| self.backend(key, e))
+        })
+        .await?;
+        let size = result.meta.size;
+        let (region, key) = (self.region.clone(), key.to_string());
+        let stream = result.into_stream().map(move |chunk| {
+            chunk.map_err(|source| StoreError::Backend {
+                region: region.clone(),
+                key: key.clone(),
+                source,
+            })
+        });
+        Ok((size, stream.boxed()))
+    }
+
     /// The first `length` bytes of an object (all of it when it is shorter) and its size.
     pub async fn get_prefix(&self, key: &str, length: u64) -> Result<(Bytes, u64), StoreError> {
         let path = self.path(key)?;

@@ -7,7 +7,7 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOption
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use locality_proto::topology::{
-    dead_letter_queue, events_queue, jobs_queue, retry_queue, SUBMIT_DEAD_LETTER_QUEUE,
+    control_queue, dead_letter_queue, events_queue, jobs_queue, retry_queue, SUBMIT_DEAD_LETTER_QUEUE,
     SUBMIT_QUEUE,
 };
 use locality_proto::{Priority, RegionId};
@@ -100,6 +100,7 @@ impl Broker {
                     jobs_queue(&region, Priority::Interactive),
                     jobs_queue(&region, Priority::Batch),
                     retry_queue(&region),
+                    control_queue(&region),
                     events_queue(&region),
                     dead_letter_queue(&region),
                 ]);

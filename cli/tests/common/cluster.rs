@@ -53,7 +53,6 @@ impl ClusterSpec {
 
 /// Schedulers and workers, each its own process, sharing one broker and database.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub config: Config,
     pub config_path: PathBuf,
     pub schedulers: Vec<Process>,
@@ -69,6 +68,8 @@ pub struct Cluster {
     pub results: ResultsListener,
     pub http: reqwest::Client,
     worker_args: Vec<String>,
+    /// Last, so the processes' logs still exist when a failing test prints them.
+    pub dir: tempfile::TempDir,
 }
 
 const SCHEDULER_READY: &str = "locality scheduler: listening on ";

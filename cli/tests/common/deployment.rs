@@ -4,28 +4,41 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use locality_proto::gdpr::PurgeBatch;
 use serde_json::Value;
 
 use super::api_key;
 use super::cluster::Cluster;
 use super::embedded::Embedded;
-use super::s3::list_s3;
+use super::s3::{list_buckets, list_s3, s3_endpoints};
 
 pub trait Deployment {
     fn name(&self) -> &'static str;
     fn http(&self) -> &reqwest::Client;
     /// The scheduler's HTTP API.
     fn base_url(&self) -> &str;
-    /// Stores an original for `tenant` as a client of this deployment does; asserts 201.
-    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>);
+    /// Stores an original for `tenant` as a client of this deployment does, with the
+    /// upload's query (`?region=&subject=&asset=`, or empty); asserts 201.
+    async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>);
     /// Every object key in a region's store.
     async fn objects(&self, region: &str) -> Vec<String>;
+    /// An object's bytes in a region's store.
+    async fn object(&self, region: &str, key: &str) -> Vec<u8>;
+    /// Every object key anywhere the deployment could have written: every bucket this test
+    /// process made on every S3 endpoint, every file of every local store.
+    async fn everything_stored(&self) -> Vec<String>;
+    /// The purge events announced on `locality.results`; `None` where there is no broker.
+    fn purge_events(&self) -> Option<Vec<PurgeBatch>>;
     /// The `/metrics` text of the process running `region`'s worker.
     async fn worker_metrics(&self, region: &str) -> String;
     /// Everything the deployment's processes logged so far.
     fn logs(&self) -> String;
     /// How many results were reported for each of these jobs.
     fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize>;
+
+    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
+        self.upload_with(tenant, key, "", bytes).await;
+    }
 
     async fn submit(&self, tenant: &str, envelope: &Value) -> reqwest::Response {
         self.http()
@@ -96,11 +109,33 @@ pub trait Deployment {
     }
 }
 
-/// Object keys in a region's S3 store; `None` when the region has no store URL.
-async fn store_objects(config: &locality_proto::Config, region: &str) -> Option<Vec<String>> {
+/// An object's bytes from a region's S3 store, read with the region's credentials.
+async fn s3_object(config: &locality_proto::Config, region: &str, key: &str) -> Vec<u8> {
+    let store = locality_worker::store::RegionStore::open(
+        config,
+        &super::config::region(region),
+        None,
+        None,
+    )
+    .expect("the region's store");
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|err| panic!("{region}: {key}: {err}"))
+        .to_vec()
+}
+
+/// A region's S3 endpoint and bucket; `None` when the region has no store URL.
+fn s3_bucket(config: &locality_proto::Config, region: &str) -> Option<(String, String)> {
     let region = &config.regions[&super::config::region(region)];
     let bucket = region.store.as_deref()?.trim_start_matches("s3://");
-    Some(list_s3(&region.store_options["endpoint"], bucket).await)
+    Some((region.store_options["endpoint"].clone(), bucket.to_string()))
+}
+
+/// Object keys in a region's S3 store; `None` when the region has no store URL.
+async fn store_objects(config: &locality_proto::Config, region: &str) -> Option<Vec<String>> {
+    let (endpoint, bucket) = s3_bucket(config, region)?;
+    Some(list_s3(&endpoint, &bucket).await)
 }
 
 /// Counts, per job, the lines in which a worker reported the job settled.
@@ -133,8 +168,8 @@ impl Deployment for Embedded {
         &self.base_url
     }
 
-    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
-        let response = Embedded::upload(self, tenant, key, "", bytes).await;
+    async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>) {
+        let response = Embedded::upload(self, tenant, key, query, bytes).await;
         let status = response.status();
         assert_eq!(status, 201, "upload: {}", response.text().await.unwrap());
     }
@@ -144,6 +179,29 @@ impl Deployment for Embedded {
             Some(keys) => keys,
             None => super::files_under(&self.region_dir(region)),
         }
+    }
+
+    async fn object(&self, region: &str, key: &str) -> Vec<u8> {
+        match s3_bucket(&self.config, region) {
+            Some(_) => s3_object(&self.config, region, key).await,
+            None => std::fs::read(self.region_dir(region).join(key)).expect("a stored object"),
+        }
+    }
+
+    async fn everything_stored(&self) -> Vec<String> {
+        let mut keys = super::files_under(self.data_dir.path());
+        for region in super::REGIONS {
+            keys.extend(
+                store_objects(&self.config, region)
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        keys
+    }
+
+    fn purge_events(&self) -> Option<Vec<PurgeBatch>> {
+        None
     }
 
     async fn worker_metrics(&self, _region: &str) -> String {
@@ -184,13 +242,13 @@ impl Deployment for Cluster {
     /// the region's ingest endpoint from the request head alone), then sends the bytes
     /// there, with the API key again: clients drop credentials on a redirect to another
     /// host, as they should. The image never reaches the scheduler.
-    async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
+    async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>) {
         let no_redirects = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
         let response = no_redirects
-            .put(format!("{}/v1/sources/{key}", self.base_url))
+            .put(format!("{}/v1/sources/{key}{query}", self.base_url))
             .bearer_auth(api_key(tenant))
             .send()
             .await
@@ -216,6 +274,30 @@ impl Deployment for Cluster {
         store_objects(&self.config, region)
             .await
             .expect("every region of a cluster has an S3 store")
+    }
+
+    async fn object(&self, region: &str, key: &str) -> Vec<u8> {
+        s3_object(&self.config, region, key).await
+    }
+
+    async fn everything_stored(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (_, endpoint) in s3_endpoints() {
+            // Buckets of this test process only: earlier runs leave theirs behind.
+            let ours = format!("-{}-", std::process::id());
+            for bucket in list_buckets(&endpoint)
+                .await
+                .into_iter()
+                .filter(|b| b.contains(&ours))
+            {
+                keys.extend(list_s3(&endpoint, &bucket).await);
+            }
+        }
+        keys
+    }
+
+    fn purge_events(&self) -> Option<Vec<PurgeBatch>> {
+        Some(self.results.purges())
     }
 
     async fn worker_metrics(&self, region: &str) -> String {

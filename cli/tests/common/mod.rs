@@ -9,7 +9,8 @@
 //!   on `locality.results`. [`database`]: its PostgreSQL server.
 //! - [`embedded`] (`locality up`) and [`cluster`] (scheduler and workers over the broker).
 //! - [`deployment`]: what a scenario needs of either; [`scenarios`]: scenarios run
-//!   through it against both.
+//!   through it against both; [`rights`]: the erasure scenario, its tenant and webhook
+//!   receiver.
 
 #![allow(dead_code)]
 
@@ -23,6 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw_http;
 pub mod results;
+pub mod rights;
 pub mod s3;
 pub mod scenarios;
 

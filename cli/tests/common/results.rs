@@ -13,6 +13,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::ExchangeKind;
+use locality_proto::gdpr::PurgeBatch;
 use locality_proto::topology::RESULTS_EXCHANGE;
 use locality_proto::JobResult;
 
@@ -32,6 +33,7 @@ pub struct Seen {
 
 pub struct ResultsListener {
     seen: Arc<Mutex<Vec<Seen>>>,
+    purges: Arc<Mutex<Vec<PurgeBatch>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,16 +43,22 @@ impl ResultsListener {
         // Declare and bind once before returning, so nothing published after this is missed.
         bind_results_queue(&url).await.expect("results queue");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
+        let purges = Arc::new(Mutex::new(Vec::new()));
+        let (sink, purge_sink) = (seen.clone(), purges.clone());
         let task = tokio::spawn(async move {
             loop {
-                if let Err(err) = listen(&url, &sink).await {
+                if let Err(err) = listen(&url, &sink, &purge_sink).await {
                     eprintln!("results listener: {err}; reconnecting");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Self { seen, task }
+        Self { seen, purges, task }
+    }
+
+    /// Purge batches announced on `TENANT.purged` (first deliveries only).
+    pub fn purges(&self) -> Vec<PurgeBatch> {
+        self.purges.lock().unwrap().clone()
     }
 
     /// First deliveries only: one per result the scheduler published.
@@ -160,7 +168,11 @@ async fn bind_results_queue(url: &str) -> Result<lapin::Connection, String> {
     Ok(connection)
 }
 
-async fn listen(url: &str, sink: &Mutex<Vec<Seen>>) -> Result<(), String> {
+async fn listen(
+    url: &str,
+    sink: &Mutex<Vec<Seen>>,
+    purges: &Mutex<Vec<PurgeBatch>>,
+) -> Result<(), String> {
     let connection = bind_results_queue(url).await?;
     let channel = connection
         .create_channel()
@@ -177,6 +189,18 @@ async fn listen(url: &str, sink: &Mutex<Vec<Seen>>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery.map_err(|e| e.to_string())?;
+        if delivery.routing_key.as_str().ends_with(".purged") {
+            let batch: PurgeBatch = serde_json::from_slice(&delivery.data)
+                .unwrap_or_else(|e| panic!("a purge event that is not a PurgeBatch: {e}"));
+            if !delivery.redelivered {
+                purges.lock().unwrap().push(batch);
+            }
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
         let result: JobResult = serde_json::from_slice(&delivery.data)
             .unwrap_or_else(|e| panic!("a result that is not a JobResult: {e}"));
         sink.lock().unwrap().push(Seen {

@@ -110,6 +110,17 @@ pub async fn list_s3(endpoint: &str, bucket: &str) -> Vec<String> {
     }
 }
 
+/// The buckets of an S3 endpoint (ListBuckets).
+pub async fn list_buckets(endpoint: &str) -> Vec<String> {
+    let text = reqwest::get(format!("{endpoint}/"))
+        .await
+        .expect("S3 list buckets")
+        .text()
+        .await
+        .unwrap();
+    xml_values(&text, "Name")
+}
+
 fn xml_values(text: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
     text.split(&open)

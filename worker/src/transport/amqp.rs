@@ -21,11 +21,12 @@ use locality_broker::{
     confirm_channel, json_properties, number_header, publish_confirmed, settle, text_header,
     with_number_header, BrokerError, Link,
 };
+use locality_proto::gdpr::RegionRequest;
 use locality_proto::topology::{
-    jobs_queue, ATTEMPT_HEADER, CONTENT_TYPE, DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE,
-    RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
+    control_queue, jobs_queue, ATTEMPT_HEADER, CONTENT_TYPE, DELIVERY_COUNT_HEADER,
+    EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
 };
-use locality_proto::{JobEvent, JobMessage, Priority, RegionId, TenantId, ENVELOPE_VERSION};
+use locality_proto::{JobMessage, Priority, RegionId, TenantId, WorkerEvent, ENVELOPE_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::WorkerContext;
@@ -69,22 +70,41 @@ async fn session(
     let events = Arc::new(AmqpEvents(confirm_channel(&connection).await?));
     let retries = confirm_channel(&connection).await?;
     let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
-    let (interactive_channel, interactive) =
-        consumer(&connection, &region, Priority::Interactive, prefetch).await?;
-    let (batch_channel, batch) = consumer(&connection, &region, Priority::Batch, prefetch).await?;
+    let (control_channel, control) =
+        consumer(&connection, &control_queue(&region), "control", 1).await?;
+    let (interactive_channel, interactive) = consumer(
+        &connection,
+        &jobs_queue(&region, Priority::Interactive),
+        Priority::Interactive.as_str(),
+        prefetch,
+    )
+    .await?;
+    let (batch_channel, batch) = consumer(
+        &connection,
+        &jobs_queue(&region, Priority::Batch),
+        Priority::Batch.as_str(),
+        prefetch,
+    )
+    .await?;
     tracing::info!(%region, slots, "worker consuming");
     link.ready();
 
     let source = AmqpSource {
         region: region.clone(),
+        control,
         interactive,
         batch,
-        channels: [interactive_channel.clone(), batch_channel.clone()],
+        channels: [
+            control_channel.clone(),
+            interactive_channel.clone(),
+            batch_channel.clone(),
+        ],
         retries: retries.clone(),
         lost: link.lost.clone(),
     };
     let ended = serve(context, source, events.clone(), slots, shutdown).await;
     for channel in [
+        &control_channel,
         &interactive_channel,
         &batch_channel,
         &events.0,
@@ -101,8 +121,8 @@ async fn session(
 
 async fn consumer(
     connection: &Connection,
-    region: &RegionId,
-    priority: Priority,
+    queue: &str,
+    name: &str,
     prefetch: u16,
 ) -> Result<(Channel, Consumer), BrokerError> {
     let channel = connection.create_channel().await?;
@@ -111,10 +131,8 @@ async fn consumer(
         .await?;
     let consumer = channel
         .basic_consume(
-            jobs_queue(region, priority).as_str().into(),
-            format!("locality-worker-{region}-{}", priority.as_str())
-                .as_str()
-                .into(),
+            queue.into(),
+            format!("locality-worker-{name}").as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -122,12 +140,13 @@ async fn consumer(
     Ok((channel, consumer))
 }
 
-/// The region's two priority queues.
+/// The region's control queue and two priority queues.
 struct AmqpSource {
     region: RegionId,
+    control: Consumer,
     interactive: Consumer,
     batch: Consumer,
-    channels: [Channel; 2],
+    channels: [Channel; 3],
     retries: Channel,
     lost: CancellationToken,
 }
@@ -136,12 +155,14 @@ impl JobSource for AmqpSource {
     type Delivery = AmqpDelivery;
 
     async fn next(&mut self) -> Option<Incoming<AmqpDelivery>> {
-        // Interactive first at every pick: batch work never delays a waiting person.
-        let delivery = tokio::select! {
+        // The control plane's requests first, then interactive before batch at every
+        // pick: batch work never delays a waiting person.
+        let (delivery, is_request) = tokio::select! {
             biased;
             _ = self.lost.cancelled() => return None,
-            Some(delivery) = self.interactive.next() => delivery,
-            Some(delivery) = self.batch.next() => delivery,
+            Some(delivery) = self.control.next() => (delivery, true),
+            Some(delivery) = self.interactive.next() => (delivery, false),
+            Some(delivery) = self.batch.next() => (delivery, false),
             else => return None,
         };
         let message = match delivery {
@@ -158,7 +179,7 @@ impl JobSource for AmqpSource {
                 .unwrap_or(0)
         };
         Some(Incoming {
-            received: read_job(&message),
+            received: read_message(&message, is_request),
             attempt: count(ATTEMPT_HEADER).max(1),
             returned_unsettled: count(DELIVERY_COUNT_HEADER),
             delivery: AmqpDelivery {
@@ -170,7 +191,8 @@ impl JobSource for AmqpSource {
 
     async fn stop(&mut self) {
         // Messages prefetched but not started go back to the queue when the channels close.
-        for (channel, consumer) in self.channels.iter().zip([&self.interactive, &self.batch]) {
+        let consumers = [&self.control, &self.interactive, &self.batch];
+        for (channel, consumer) in self.channels.iter().zip(consumers) {
             if let Err(err) = channel
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                 .await
@@ -245,7 +267,7 @@ impl Delivery for AmqpDelivery {
 struct AmqpEvents(Channel);
 
 impl EventSink for AmqpEvents {
-    async fn publish(&self, event: JobEvent) -> Result<(), TransportError> {
+    async fn publish(&self, event: WorkerEvent) -> Result<(), TransportError> {
         let payload = serde_json::to_vec(&event).expect("events serialise");
         let published = publish_confirmed(
             &self.0,
@@ -262,8 +284,8 @@ impl EventSink for AmqpEvents {
     }
 }
 
-/// The job in a delivery, or why it cannot be read.
-fn read_job(message: &AmqpMessage) -> Received {
+/// The job (or, from the control queue, the request) in a delivery, or why it cannot be read.
+fn read_message(message: &AmqpMessage, is_request: bool) -> Received {
     let properties = &message.properties;
     let unreadable = |reason: String| {
         Received::Unreadable(Unreadable {
@@ -291,6 +313,14 @@ fn read_job(message: &AmqpMessage) -> Received {
             ))
         }
         None => return unreadable(format!("the {SCHEMA_HEADER} header is missing")),
+    }
+    if is_request {
+        return match serde_json::from_slice::<RegionRequest>(&message.data) {
+            Ok(request) => Received::Request(Box::new(request)),
+            Err(err) => unreadable(format!(
+                "the body is not a request of the control plane: {err}"
+            )),
+        };
     }
     match serde_json::from_slice::<JobMessage>(&message.data) {
         Ok(job) if job.v == ENVELOPE_VERSION => Received::Job(Box::new(job)),

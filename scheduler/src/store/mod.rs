@@ -6,6 +6,9 @@
 //! conditional `UPDATE`s as the only locks). Migrations live in `migrations/` and run
 //! when a store is opened. Metadata only: no image bytes, no raw IP, no API key.
 
+mod rights;
+mod webhooks;
+
 use std::time::Duration;
 
 use locality_proto::{
@@ -33,6 +36,9 @@ pub enum StoreError {
     #[error("control store holds an unreadable {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
+
+pub use rights::{RegionAnswer, RegionPart, RightsKind, RightsRecord};
+pub use webhooks::{DueDelivery, WebhookDelivery};
 
 /// Milliseconds since the Unix epoch: how the store keeps time.
 pub type Millis = i64;
@@ -170,7 +176,8 @@ fn from_text<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn rfc3339(at: Millis) -> String {
+/// `at` (Unix milliseconds) as RFC 3339, UTC.
+pub fn rfc3339(at: Millis) -> String {
     let time = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
     humantime::format_rfc3339_millis(time).to_string()
 }
@@ -622,6 +629,10 @@ impl JobStore {
             .await?
             .rows_affected();
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE created_at < $1")
             .bind(cutoff)
             .execute(&self.pool)
             .await?;

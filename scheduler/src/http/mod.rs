@@ -1,5 +1,8 @@
 //! The scheduler's HTTP door: uploads of originals, job submission and status,
-//! health and metrics. Everything it decides is the control core's.
+//! data subjects' rights ([`rights`]), health and metrics. Everything it decides is
+//! the control core's.
+
+mod rights;
 
 use std::sync::Arc;
 
@@ -7,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use locality_http::{
     authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
@@ -33,6 +36,16 @@ pub fn router(control: Arc<Control>, registry: prometheus::Registry) -> Router {
         .route("/v1/sources/{*key}", put(put_source))
         .route("/v1/jobs", post(submit_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/subjects/{subject}", delete(rights::erase_subject))
+        .route(
+            "/v1/subjects/{subject}/exports",
+            post(rights::export_subject),
+        )
+        .route("/v1/assets/{asset}", delete(rights::erase_asset))
+        .route("/v1/tenants/{tenant}", delete(rights::erase_tenant))
+        .route("/v1/erasures/{id}", get(rights::erasure_status))
+        .route("/v1/exports/{export_id}", get(rights::export_status))
+        .route("/v1/webhooks/deliveries", get(rights::webhook_deliveries))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,457 @@
+//! The command-line side of data subjects' rights: `locality erase` and `locality
+//! export` ask a running scheduler over its HTTP API and follow each region's progress;
+//! `locality verify-receipt` checks a receipt offline against the regions' public keys;
+//! `locality keygen` makes a region's keys.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use locality_proto::gdpr::ErasureReceipt;
+use locality_proto::Config;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// The scheduler's URL.
+    #[arg(long, env = "LOCALITY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A tenant's API key (the operators' key for `erase tenant`).
+    #[arg(long, env = "LOCALITY_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+#[derive(clap::Args)]
+pub struct EraseArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    what: EraseWhat,
+    /// Return once the erasure is recorded, without following the regions.
+    #[arg(long)]
+    no_wait: bool,
+    /// Write the erasure (every region's signed receipt) to this file, as JSON.
+    #[arg(long)]
+    receipt: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum EraseWhat {
+    /// Everything of one data subject.
+    Subject { subject: String },
+    /// One asset: its original and every output.
+    Asset {
+        asset: String,
+        /// The asset's subject (none: an asset uploaded without one).
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Everything of a tenant (the operators' key).
+    Tenant { tenant: String },
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The data subject whose objects are listed.
+    subject: String,
+    /// Also archive the files in each region and download the archives into this
+    /// directory (from each region's own endpoint).
+    #[arg(long)]
+    download: Option<PathBuf>,
+    /// Write the manifest (every object, in every region) to this file, as JSON.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// A receipt: `locality erase --receipt`'s file, the body of `GET /v1/erasures/ID`,
+    /// or one region's receipt.
+    file: PathBuf,
+    /// A region's public key, as REGION=HEX (repeatable). Without any, the keys of
+    /// regions.ID.receipt_public_key in the configuration.
+    #[arg(long = "public-key", value_name = "REGION=HEX")]
+    public_keys: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct KeygenArgs {
+    /// The region the keys are for.
+    #[arg(long)]
+    region: String,
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    api_key: String,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            url: args.url.trim_end_matches('/').to_string(),
+            api_key: args.api_key.clone(),
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let response = request
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .with_context(|| format!("reaching the scheduler at {}", self.url))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body["error"]["code"].as_str().unwrap_or("");
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            bail!("the scheduler answered {status}: {code}: {message}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.url)))
+            .await
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
+}
+
+/// One line per region: a spinner on a terminal, a printed line per change otherwise.
+struct RegionProgress {
+    bars: BTreeMap<String, ProgressBar>,
+    last: BTreeMap<String, String>,
+    terminal: bool,
+    _multi: MultiProgress,
+}
+
+impl RegionProgress {
+    fn new(regions: impl Iterator<Item = String>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let multi = MultiProgress::with_draw_target(if terminal {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let style = ProgressStyle::with_template("{spinner} {prefix:>4} {wide_msg}")
+            .expect("a valid template");
+        let bars = regions
+            .map(|region| {
+                let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
+                bar.set_prefix(region.clone());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                (region, bar)
+            })
+            .collect();
+        Self {
+            bars,
+            last: BTreeMap::new(),
+            terminal,
+            _multi: multi,
+        }
+    }
+
+    fn update(&mut self, region: &str, text: String, done: bool) {
+        if let Some(bar) = self.bars.get(region) {
+            if done {
+                bar.finish_with_message(text.clone());
+            } else {
+                bar.set_message(text.clone());
+            }
+        }
+        if !self.terminal && self.last.get(region) != Some(&text) {
+            eprintln!("{region}: {text}");
+            self.last.insert(region.to_string(), text);
+        }
+    }
+}
+
+fn region_text(part: &Value, what: &str) -> String {
+    match part["status"].as_str().unwrap_or("") {
+        "waiting" => {
+            "waiting: the region has not been reached; its part runs when it is back".to_string()
+        }
+        "sent" => "sent; the region's workers have not reported yet".to_string(),
+        status => format!(
+            "{status}: {} objects, {} {what}",
+            part["objects_deleted"].as_u64().unwrap_or(0),
+            mib(part["bytes_deleted"].as_u64().unwrap_or(0)),
+        ),
+    }
+}
+
+/// Follows a request until every region is done, drawing each region's progress.
+async fn follow(api: &Api, path: &str, text: impl Fn(&Value) -> String) -> Result<Value> {
+    let mut view = api.get(path).await?;
+    let regions: Vec<String> = view["regions"]
+        .as_object()
+        .map(|regions| regions.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut progress = RegionProgress::new(regions.into_iter());
+    loop {
+        if let Some(regions) = view["regions"].as_object() {
+            for (region, part) in regions {
+                progress.update(region, text(part), part["status"] == "done");
+            }
+        }
+        if view["status"] == "done" {
+            return Ok(view);
+        }
+        tokio::time::sleep(POLL).await;
+        view = api.get(path).await?;
+    }
+}
+
+pub fn erase(args: EraseArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let api = Api::new(&args.api)?;
+        let (path, what) = match &args.what {
+            EraseWhat::Subject { subject } => (
+                format!("/v1/subjects/{subject}"),
+                format!("subject {subject}"),
+            ),
+            EraseWhat::Asset { asset, subject } => {
+                let query = subject
+                    .as_ref()
+                    .map(|s| format!("?subject={s}"))
+                    .unwrap_or_default();
+                (
+                    format!("/v1/assets/{asset}{query}"),
+                    format!("asset {asset}"),
+                )
+            }
+            EraseWhat::Tenant { tenant } => {
+                (format!("/v1/tenants/{tenant}"), format!("tenant {tenant}"))
+            }
+        };
+        let accepted = api
+            .send(api.http.delete(format!("{}{path}", api.url)))
+            .await?;
+        let erasure_id = accepted["erasure_id"]
+            .as_str()
+            .context("the answer names no erasure")?;
+        println!("erasure {erasure_id} of {what} recorded");
+        if args.no_wait {
+            return Ok(());
+        }
+        let view = follow(&api, &format!("/v1/erasures/{erasure_id}"), |part| {
+            region_text(part, "deleted")
+        })
+        .await?;
+        println!(
+            "erasure {erasure_id} done: {} objects, {} deleted in {} regions",
+            view["objects_deleted"],
+            mib(view["bytes_deleted"].as_u64().unwrap_or(0)),
+            view["regions"].as_object().map_or(0, |r| r.len())
+        );
+        if let Some(file) = &args.receipt {
+            std::fs::write(file, serde_json::to_vec_pretty(&view)?)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "receipt written to {} (check it with `locality verify-receipt`)",
+                file.display()
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let api = Api::new(&args.api)?;
+        let archive = args.download.is_some();
+        let request = api
+            .http
+            .post(format!("{}/v1/subjects/{}/exports", api.url, args.subject))
+            .json(&serde_json::json!({ "archive": archive }));
+        let accepted = api.send(request).await?;
+        let export_id = accepted["export_id"]
+            .as_str()
+            .context("the answer names no export")?;
+        println!("export {export_id} of subject {} recorded", args.subject);
+        let view = follow(
+            &api,
+            &format!("/v1/exports/{export_id}"),
+            |part| match part["status"].as_str().unwrap_or("") {
+                "done" => format!(
+                    "done: {} objects",
+                    part["manifest"].as_array().map_or(0, Vec::len)
+                ),
+                "waiting" => {
+                    "waiting: the region has not been reached; its part runs when it is back".into()
+                }
+                status => format!("{status}: listing"),
+            },
+        )
+        .await?;
+        println!(
+            "export {export_id}: {} objects, {}",
+            view["objects"],
+            mib(view["bytes"].as_u64().unwrap_or(0))
+        );
+        let manifest: Vec<&Value> = view["regions"]
+            .as_object()
+            .into_iter()
+            .flat_map(|regions| regions.values())
+            .flat_map(|part| part["manifest"].as_array().into_iter().flatten())
+            .collect();
+        if let Some(file) = &args.manifest {
+            std::fs::write(file, serde_json::to_vec_pretty(&manifest)?)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("manifest written to {}", file.display());
+        }
+        if let Some(directory) = &args.download {
+            std::fs::create_dir_all(directory)
+                .with_context(|| format!("creating {}", directory.display()))?;
+            for (region, part) in view["regions"].as_object().into_iter().flatten() {
+                let Some(url) = part["archive"]["download_url"].as_str() else {
+                    continue;
+                };
+                let url = if url.starts_with('/') {
+                    format!("{}{url}", api.url)
+                } else {
+                    url.to_string()
+                };
+                let file = directory.join(format!("{export_id}-{region}.tar"));
+                download(&api.http, &url, &file).await?;
+                println!("{region}: archive written to {}", file.display());
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Streams an archive to a file with a byte progress bar (the link is signed; no key is sent).
+async fn download(http: &reqwest::Client, url: &str, file: &std::path::Path) -> Result<()> {
+    let response = http
+        .get(url)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .with_context(|| format!("downloading {}", file.display()))?;
+    if !response.status().is_success() {
+        bail!(
+            "the region answered {} for {}",
+            response.status(),
+            file.display()
+        );
+    }
+    let bar =
+        ProgressBar::with_draw_target(response.content_length(), ProgressDrawTarget::stderr())
+            .with_style(
+                ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {eta}")
+                    .expect("a valid template"),
+            );
+    let mut out = tokio::fs::File::create(file)
+        .await
+        .with_context(|| format!("creating {}", file.display()))?;
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.with_context(|| format!("downloading {}", file.display()))?;
+        out.write_all(&chunk).await?;
+        bar.inc(chunk.len() as u64);
+    }
+    out.flush().await?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Checks every region's receipt in the file; fails unless each verifies against its
+/// region's public key.
+pub fn verify_receipt(args: VerifyArgs, config: Option<&Config>) -> Result<()> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let value: Value = serde_json::from_str(&text).context("the receipt is not JSON")?;
+    let receipts: Vec<ErasureReceipt> = if value.get("signature").is_some() {
+        vec![serde_json::from_value(value).context("not a receipt")?]
+    } else {
+        value["regions"]
+            .as_object()
+            .context("neither a receipt nor an erasure with regions")?
+            .values()
+            .map(|part| serde_json::from_value(part["receipt"].clone()))
+            .collect::<Result<_, _>>()
+            .context("a region's part has no receipt yet (is the erasure done?)")?
+    };
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    for pair in &args.public_keys {
+        let (region, key) = pair
+            .split_once('=')
+            .with_context(|| format!("--public-key {pair:?} is not REGION=HEX"))?;
+        keys.insert(region.to_string(), key.to_string());
+    }
+    if keys.is_empty() {
+        for (region, settings) in config.map(|c| &c.regions).into_iter().flatten() {
+            if let Some(key) = &settings.receipt_public_key {
+                keys.insert(region.to_string(), key.clone());
+            }
+        }
+    }
+    let mut failed = 0;
+    for receipt in &receipts {
+        let region = receipt.region.as_str();
+        let verdict = match keys.get(region) {
+            None => Err(format!("no public key for region {region}")),
+            Some(key) => receipt.verify(Some(key)).map_err(|e| e.to_string()),
+        };
+        match verdict {
+            Ok(()) => println!(
+                "{region}: valid, signed by {}: erasure {} of {}, {} objects, {} bytes deleted",
+                receipt.public_key,
+                receipt.erasure_id,
+                receipt.tenant,
+                receipt.objects_deleted,
+                receipt.bytes_deleted
+            ),
+            Err(reason) => {
+                failed += 1;
+                println!("{region}: NOT VALID: {reason}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} receipts do not verify", receipts.len());
+    }
+    Ok(())
+}
+
+/// Prints fresh keys for a region, as TOML.
+pub fn keygen(args: KeygenArgs) -> Result<()> {
+    let region = locality_proto::RegionId::new(args.region.clone())
+        .map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+    let mut seed = [0u8; 32];
+    let mut download = [0u8; 32];
+    getrandom::fill(&mut seed).context("reading the system's randomness")?;
+    getrandom::fill(&mut download).context("reading the system's randomness")?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    println!("[regions.{region}]");
+    println!("# Secret, for this region's workers only.");
+    println!("receipt_key = \"{}\"", hex::encode(seed));
+    println!("download_key = \"{}\"", hex::encode(download));
+    println!("# Public: the scheduler's configuration, and whoever checks receipts.");
+    println!(
+        "receipt_public_key = \"{}\"",
+        hex::encode(key.verifying_key().as_bytes())
+    );
+    Ok(())
+}
