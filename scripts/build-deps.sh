@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Installs what building Locality needs beyond Rust: cmake and nasm, which build the
-# bundled libjpeg-turbo 3 with its SIMD code. Idempotent; uses apt-get (Debian).
+# Installs what building and testing Locality needs beyond Rust on a fresh Debian: a C
+# toolchain, pkg-config, cmake and nasm (they build the bundled libjpeg-turbo 3 with
+# its SIMD code), curl and python3-venv (the test services' scripts). Idempotent;
+# uses apt-get.
 set -euo pipefail
 missing=()
+command -v cc >/dev/null || missing+=(build-essential)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v nasm >/dev/null || missing+=(nasm)
+command -v curl >/dev/null || missing+=(curl)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -8,11 +8,12 @@ set -euo pipefail
 STATE_DIR=${1:?usage: s3-up.sh STATE_DIR}
 mkdir -p "$STATE_DIR"
 VENV=${LOCALITY_TEST_VENV:-$HOME/.cache/locality/test-venv}
-# The same venv holds pika, for the Python upload-pipeline example the tests run.
-if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import pika' 2>/dev/null; then
-  echo "[s3-up] installing moto[server] and pika into $VENV" >&2
+# The same venv holds pika, for the Python upload-pipeline example the tests run, and
+# prometheus-client, whose parser the tests read every /metrics with.
+if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import pika, prometheus_client' 2>/dev/null; then
+  echo "[s3-up] installing moto[server], pika and prometheus-client into $VENV" >&2
   python3 -m venv "$VENV" >&2
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'pika==1.*' >&2
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'pika==1.*' 'prometheus-client==0.*' >&2
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 endpoints=()

@@ -20,3 +20,8 @@ eval "$(scripts/s3-up.sh "$STATE_DIR")"
 eval "$(scripts/rabbitmq-up.sh "$STATE_DIR")"
 eval "$(scripts/postgres-up.sh "$STATE_DIR")"
 cargo test --workspace --all-targets "$@"
+# The deployment files: Kubernetes overlays (schemas, region pinning, no secrets) and
+# the Dockerfile; uses the binary the tests just built.
+scripts/check-k8s.sh target/debug/locality
+# The HTTP API against its OpenAPI description (schemathesis, bounded in time).
+scripts/check-api.sh target/debug/locality

@@ -32,7 +32,7 @@ pub struct SchedulerArgs {
 pub struct WorkerArgs {
     /// The one region this worker serves; it reads that region's queues and store only.
     #[arg(long)]
-    region: String,
+    pub region: String,
     /// Address of this region's ingest endpoint (uploads of originals into the region's
     /// store, /healthz, /readyz, /metrics). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]

@@ -27,8 +27,37 @@ struct Cli {
     /// environment variables such as LOCALITY__SCHEDULER__LISTEN.
     #[arg(long, global = true, env = "LOCALITY_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as text for people, or one JSON object per line for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOCALITY_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default info). JSON lines carry the current
+/// span and its parents (a job's span: job id, tenant, region, attempt).
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -58,14 +87,8 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let path = cli.config.as_deref();
     match cli.command {
         Command::Up(args) => embedded::run(config::load(path, Source::FileOrExample)?, args),
@@ -76,7 +99,10 @@ fn main() -> Result<()> {
         }
         Command::Worker(args) => {
             let config = config::load(path, Source::FileOrEnvironment)?;
-            config::refuse_demo_secrets(&config, args.demo, "worker")?;
+            // Only what this region's worker holds counts (no scheduler secrets).
+            let region = locality_proto::RegionId::new(&args.region)
+                .map_err(|reason| anyhow::anyhow!("--region {}: {reason}", args.region))?;
+            config::refuse_demo_secrets(&config.for_region(&region), args.demo, "worker")?;
             distributed::run_worker(config, args)
         }
         Command::Erase(args) => rights::erase(args),

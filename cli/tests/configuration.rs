@@ -28,26 +28,48 @@ fn example_config() -> String {
 
 #[test]
 fn the_scheduler_and_worker_refuse_the_demo_secrets_without_demo() {
-    for args in [
-        vec!["scheduler"],
-        vec![
-            "worker",
-            "--region",
-            "eu",
-            "--store",
-            "file:///tmp/locality-unused",
-        ],
+    // Each process is judged by the secrets it holds: a worker drops the scheduler's
+    // and the other regions' before it checks.
+    for (args, named, not_named) in [
+        (
+            vec!["scheduler"],
+            vec![
+                "scheduler.pseudonymisation_key",
+                "tenants.demo-eu.api_key_sha256",
+            ],
+            vec![],
+        ),
+        (
+            vec![
+                "worker",
+                "--region",
+                "eu",
+                "--store",
+                "file:///tmp/locality-unused",
+            ],
+            vec!["regions.eu.receipt_key", "tenants.demo-eu.api_key_sha256"],
+            vec!["scheduler.pseudonymisation_key", "regions.ca.receipt_key"],
+        ),
     ] {
         let output = run_briefly(locality().arg("--config").arg(example_config()).args(&args));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} started on demo secrets");
         assert!(
-            stderr.contains("refuses the public demo secrets")
-                && stderr.contains("scheduler.pseudonymisation_key")
-                && stderr.contains("tenants.demo-eu.api_key_sha256")
-                && stderr.contains("--demo"),
+            stderr.contains("refuses the public demo secrets") && stderr.contains("--demo"),
             "{args:?}: {stderr}"
         );
+        for field in named {
+            assert!(
+                stderr.contains(field),
+                "{args:?} does not name {field}: {stderr}"
+            );
+        }
+        for field in not_named {
+            assert!(
+                !stderr.contains(field),
+                "{args:?} names {field}, which it does not hold: {stderr}"
+            );
+        }
     }
     // With --demo they go on to their next requirement (here: a broker URL).
     let output = run_briefly(

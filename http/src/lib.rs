@@ -15,6 +15,31 @@ use locality_proto::{Config, ErrorCode, Refusal, RegionId, TenantId};
 use serde::Deserialize;
 use serde_json::json;
 
+/// Query parameters whose refusal is the API's own JSON error (`invalid_field`, 422),
+/// like every other refusal, instead of axum's plain-text 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::InvalidField,
+                format!("query: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
 /// An error answer with a stable code.
 #[derive(Debug)]
 pub struct ApiError {

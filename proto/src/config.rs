@@ -57,9 +57,14 @@ pub struct SchedulerConfig {
     /// Address the HTTP API listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Secret for pseudonymising client IPs (HMAC-SHA256). Rotate it to unlink old pseudonyms.
+    /// Secret for pseudonymising client IPs (HMAC-SHA256), mixed with a random key per
+    /// rotation period that the control store keeps only while its period lasts.
     #[serde(default = "default_pseudonymisation_key")]
     pub pseudonymisation_key: String,
+    /// Hours of one client-IP pseudonym period: within one, the same network (IPv4 /24,
+    /// IPv6 /48) gets the same pseudonym; across periods they cannot be linked.
+    #[serde(default = "default_ip_rotation_hours")]
+    pub ip_pseudonym_rotation_hours: u32,
     /// Broker (and vhost) of the scheduler in the distributed mode: `locality.submit`
     /// and `locality.results` live here. Example: `amqp://user:pass@host:5672/scheduler`.
     #[serde(default)]
@@ -85,11 +90,16 @@ fn default_pseudonymisation_key() -> String {
     DEMO_PSEUDONYMISATION_KEY.to_string()
 }
 
+fn default_ip_rotation_hours() -> u32 {
+    24
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
             pseudonymisation_key: default_pseudonymisation_key(),
+            ip_pseudonym_rotation_hours: default_ip_rotation_hours(),
             amqp_url: None,
             operator_key_sha256: None,
             database_url: None,
@@ -408,6 +418,12 @@ impl Config {
         }
         if self.jobs.retention_days == 0 {
             return Err(invalid("jobs.retention_days", "must be at least 1"));
+        }
+        if self.scheduler.ip_pseudonym_rotation_hours == 0 {
+            return Err(invalid(
+                "scheduler.ip_pseudonym_rotation_hours",
+                "must be at least 1",
+            ));
         }
         if self.jobs.sweep_interval_seconds == 0 {
             return Err(invalid("jobs.sweep_interval_seconds", "must be at least 1"));

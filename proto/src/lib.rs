@@ -26,6 +26,7 @@ pub mod privacy;
 pub mod result;
 pub mod secrets;
 pub mod stores;
+pub mod time;
 pub mod topology;
 pub mod validate;
 

@@ -105,6 +105,10 @@ pub struct JobResult {
     /// given up on after `limits.delivery_limit` deliveries).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
+    /// When the worker reported the job finished (Unix ms, the worker's clock): the
+    /// scheduler measures its relay lag from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<i64>,
 }
 
 impl JobResult {
@@ -128,6 +132,7 @@ impl JobResult {
             timings: StageTimings::default(),
             correlation_id,
             dead_lettered: false,
+            finished_at_ms: None,
         }
     }
 

@@ -94,7 +94,11 @@ pub struct ValidatedJob {
 
 impl ValidatedJob {
     /// The message for the region's workers. The raw IP stays behind; only its pseudonym travels.
-    pub fn into_message(self, job_id: uuid::Uuid, pseudonymisation_key: &[u8]) -> JobMessage {
+    pub fn into_message(
+        self,
+        job_id: uuid::Uuid,
+        pseudonymiser: &crate::privacy::IpPseudonymiser,
+    ) -> JobMessage {
         JobMessage {
             v: ENVELOPE_VERSION,
             job_id,
@@ -103,9 +107,7 @@ impl ValidatedJob {
             source_key: self.source_key,
             outputs: self.outputs,
             priority: self.priority,
-            client_ip_pseudonym: self
-                .client_ip
-                .map(|ip| crate::privacy::pseudonymise_ip(ip, pseudonymisation_key)),
+            client_ip_pseudonym: self.client_ip.map(|ip| pseudonymiser.pseudonym(ip)),
             correlation_id: None,
             submitted_at_ms: None,
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use locality_proto::privacy::IpPseudonymiser;
 use locality_proto::{
     Config, ErrorCode, JobEnvelope, JobMessage, JobResult, Priority, Refusal, RegionId, TenantId,
     WorkerEvent,
@@ -107,6 +108,8 @@ pub struct Control {
     pub(crate) http: reqwest::Client,
     /// Connections besides the regions' (the scheduler's own broker), for readiness.
     links: Vec<(String, Arc<AtomicBool>)>,
+    /// The client-IP pseudonymiser of the current period, once fetched.
+    ip_pseudonymiser: tokio::sync::Mutex<Option<Arc<IpPseudonymiser>>>,
 }
 
 /// Jobs taken from the store per round of the background dispatcher.
@@ -132,7 +135,28 @@ impl Control {
                 .build()
                 .expect("an HTTP client for webhooks"),
             links: Vec::new(),
+            ip_pseudonymiser: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The pseudonymiser of the current rotation period: the operator's secret and the
+    /// period's random key from the control store, shared by every scheduler.
+    async fn ip_pseudonymiser(&self) -> Result<Arc<IpPseudonymiser>, StoreError> {
+        let hours = i64::from(self.config.scheduler.ip_pseudonym_rotation_hours);
+        let now = now_millis();
+        let period = now / (hours * 3_600_000);
+        let mut current = self.ip_pseudonymiser.lock().await;
+        if let Some(pseudonymiser) = current.as_ref().filter(|p| p.period() == period) {
+            return Ok(pseudonymiser.clone());
+        }
+        let key = self.store.ip_period_key(period, now).await?;
+        let pseudonymiser = Arc::new(IpPseudonymiser::new(
+            self.config.scheduler.pseudonymisation_key.as_bytes(),
+            period,
+            &key,
+        ));
+        *current = Some(pseudonymiser.clone());
+        Ok(pseudonymiser)
     }
 
     /// Adds a connection that readiness reports and requires.
@@ -194,10 +218,8 @@ impl Control {
             .clone()
             .map(|key| (key, envelope.fingerprint()));
         let subject = job.location.subject.clone();
-        let mut message = job.into_message(
-            Uuid::new_v4(),
-            self.config.scheduler.pseudonymisation_key.as_bytes(),
-        );
+        let pseudonymiser = self.ip_pseudonymiser().await?;
+        let mut message = job.into_message(Uuid::new_v4(), &pseudonymiser);
         message.correlation_id = correlation_id;
         // The erasures requested after this moment are the ones this job yields to.
         message.submitted_at_ms = Some(now_millis());
@@ -320,6 +342,12 @@ impl Control {
             .jobs_finished
             .with_label_values(&[result.region.as_str(), result.outcome.as_str()])
             .inc();
+        if let Some(finished) = result.finished_at_ms {
+            let lag_ms = (now_millis() - finished).max(0);
+            self.metrics
+                .result_relay_lag
+                .observe(lag_ms as f64 / 1000.0);
+        }
         Ok(())
     }
 
@@ -411,8 +439,14 @@ impl Control {
         }
     }
 
-    /// Updates the queue-depth gauges from every region, for a scrape.
-    pub fn refresh_queue_depths(&self) {
+    /// Updates the gauges read at a scrape: queue depths, broker links.
+    pub fn refresh_gauges(&self) {
+        for (link, connected) in &self.links {
+            self.metrics
+                .broker_connected
+                .with_label_values(&[link.as_str()])
+                .set(i64::from(connected.load(Ordering::SeqCst)));
+        }
         for (region, link) in &self.regions {
             let (interactive, batch) = link.dispatch.queue_depth();
             let gauge = &self.metrics.queue_depth;

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the control plane, registered in the process's registry.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct SchedulerMetrics {
@@ -8,6 +8,8 @@ pub struct SchedulerMetrics {
     pub jobs_finished: IntCounterVec,
     pub requests_refused: IntCounterVec,
     pub queue_depth: IntGaugeVec,
+    pub broker_connected: IntGaugeVec,
+    pub result_relay_lag: Histogram,
 }
 
 impl SchedulerMetrics {
@@ -30,6 +32,30 @@ impl SchedulerMetrics {
         registry
             .register(Box::new(queue_depth.clone()))
             .expect("scheduler metric names are unique");
+        let broker_connected = IntGaugeVec::new(
+            Opts::new(
+                "locality_broker_connected",
+                "1 while this scheduler's connection to a broker is up, per link",
+            ),
+            &["link"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(broker_connected.clone()))
+            .expect("scheduler metric names are unique");
+        let result_relay_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "locality_result_relay_lag_seconds",
+                "From a worker finishing a job to its result published by the scheduler",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(result_relay_lag.clone()))
+            .expect("scheduler metric names are unique");
         Self {
             jobs_submitted: counter(
                 "locality_jobs_submitted_total",
@@ -47,6 +73,8 @@ impl SchedulerMetrics {
                 &["code"],
             ),
             queue_depth,
+            broker_connected,
+            result_relay_lag,
         }
     }
 }

@@ -94,6 +94,7 @@ fn succeeded(message: &JobMessage) -> JobResult {
         timings: StageTimings::default(),
         correlation_id: None,
         dead_lettered: false,
+        finished_at_ms: None,
     }
 }
 
@@ -420,6 +421,20 @@ async fn expired_records_are_swept_by_one_scheduler_at_a_time(store: JobStore) {
     ));
 }
 
+async fn an_ip_period_key_is_shared_within_its_period_and_gone_after_it(store: JobStore) {
+    let first = store.ip_period_key(100, 1).await.unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(
+        store.ip_period_key(100, 2).await.unwrap(),
+        first,
+        "one key per period"
+    );
+    let next = store.ip_period_key(101, 3).await.unwrap();
+    assert_ne!(next, first);
+    // The old period's key is gone: asking for it again makes a new one.
+    assert_ne!(store.ip_period_key(100, 4).await.unwrap(), first);
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),+ $(,)?) => {
         mod on_sqlite {
@@ -453,6 +468,7 @@ on_both_backends!(
     unfinished_jobs_can_be_queued_again,
     a_tenants_jobs_are_listed_a_page_at_a_time,
     expired_records_are_swept_by_one_scheduler_at_a_time,
+    an_ip_period_key_is_shared_within_its_period_and_gone_after_it,
 );
 
 /// Idempotency keys survive reopening the store, as across a scheduler restart.

@@ -15,6 +15,7 @@ use locality_proto::gdpr::{
     TOMBSTONES,
 };
 use locality_proto::keys::subject_and_asset_of_original;
+use locality_proto::time::{now_millis, rfc3339};
 use locality_proto::{ErrorCode, JobMessage, TenantId, WorkerEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -25,17 +26,6 @@ use crate::store::{RegionStore, StoreError};
 
 /// Keys deleted (and announced) per batch.
 const BATCH: usize = 100;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn rfc3339(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(time).to_string()
-}
 
 fn event_failed(err: crate::serve::TransportError) -> JobFailure {
     // The event channel is gone: the request is tried again on another delivery.
@@ -137,7 +127,7 @@ pub async fn erase<E: EventSink>(
     let mut tally = read_json::<ErasureTally>(store, &tally_at)
         .await?
         .unwrap_or(ErasureTally {
-            started_at_ms: now_ms(),
+            started_at_ms: now_millis(),
             ..ErasureTally::default()
         });
     let tombstones = format!("{tenant}/{TOMBSTONES}");
@@ -185,7 +175,7 @@ pub async fn erase<E: EventSink>(
         objects_deleted: tally.objects,
         bytes_deleted: tally.bytes,
         started_at_ms: tally.started_at_ms,
-        finished_at_ms: now_ms(),
+        finished_at_ms: now_millis(),
         public_key: String::new(),
         signature: String::new(),
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use locality_http::{
     authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
-    ApiError, SourceQuery,
+    ApiError, ApiQuery, SourceQuery,
 };
 use locality_proto::{Config, ErrorCode, RegionId, TenantId};
 use serde_json::json;
@@ -189,7 +189,7 @@ async fn put_source(
     State(state): State<IngestState>,
     headers: HeaderMap,
     Path(key): Path<String>,
-    Query(query): Query<SourceQuery>,
+    ApiQuery(query): ApiQuery<SourceQuery>,
     body: Body,
 ) -> Response {
     match receive_source(&state, &headers, &key, &query, body).await {
@@ -283,7 +283,7 @@ struct DownloadQuery {
 async fn download_export(
     State(downloads): State<Downloads>,
     Path((export_id, file)): Path<(String, String)>,
-    Query(query): Query<DownloadQuery>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such export archive here");
     let export_id = uuid::Uuid::parse_str(&export_id).map_err(|_| not_found())?;
@@ -312,10 +312,7 @@ async fn download_export(
             "the download link's signature is not valid",
         ));
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    if query.expires < now {
+    if query.expires < locality_proto::time::now_millis() {
         return Err(ApiError::new(
             ErrorCode::LinkExpired,
             "the download link has expired; ask for a new export",

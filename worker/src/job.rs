@@ -346,7 +346,12 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
     timings.fetch_ms = ms(fetch_started);
     context.metrics.bytes_read(source.len());
 
-    let in_flight = context.metrics.memory_in_flight(reservation.bytes);
+    let in_flight = (
+        context.metrics.memory_in_flight(reservation.bytes),
+        context
+            .metrics
+            .pixels_in_flight(u64::from(probe.width) * u64::from(probe.height)),
+    );
     // The reservation travels with the work: if the job is abandoned (its deadline),
     // it is given back only when the work is done.
     let (rendered, reservation) = run_on_pool(&context.cpu_pool, move || {
@@ -417,6 +422,7 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
         timings,
         correlation_id: message.correlation_id.clone(),
         dead_lettered: false,
+        finished_at_ms: None,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The worker's own Prometheus metrics (never the scheduler's): jobs by outcome and
-//! code, stage durations, work in flight, retries, dead letters, store traffic.
+//! code, stage durations, work (jobs, memory, pixels) in flight, retries, dead letters, store traffic.
 //! Labels are bounded: region, outcome, code, stage; never a key, subject or IP.
 
 use std::sync::Arc;
@@ -34,6 +34,7 @@ struct Vecs {
     stage_seconds: HistogramVec,
     jobs_in_flight: IntGaugeVec,
     memory_in_flight: IntGaugeVec,
+    pixels_in_flight: IntGaugeVec,
     retries: IntCounterVec,
     dead_lettered: IntCounterVec,
     bytes_read: IntCounterVec,
@@ -97,6 +98,10 @@ impl WorkerMetrics {
                 "locality_worker_memory_reserved_bytes",
                 "Bytes of the memory budget reserved by the jobs in flight",
             ),
+            pixels_in_flight: gauge(
+                "locality_worker_pixels_in_flight",
+                "Source pixels of the jobs being decoded and rendered",
+            ),
             retries: counter(
                 "locality_worker_retries_total",
                 "Jobs given back to their queue after a transient failure",
@@ -131,7 +136,34 @@ impl WorkerMetrics {
         Self(Arc::new(vecs))
     }
 
+    /// The region's handle. Its series start at zero, so a dashboard sees a region's
+    /// store errors or dead letters as 0 rather than as missing.
     pub fn for_region(&self, region: &RegionId) -> RegionMetrics {
+        let vecs = &self.0;
+        let id = region.as_str();
+        for gauge in [
+            &vecs.jobs_in_flight,
+            &vecs.memory_in_flight,
+            &vecs.pixels_in_flight,
+        ] {
+            gauge.with_label_values(&[id]);
+        }
+        for counter in [
+            &vecs.retries,
+            &vecs.bytes_read,
+            &vecs.bytes_written,
+            &vecs.erased,
+        ] {
+            counter.with_label_values(&[id]);
+        }
+        vecs.jobs
+            .with_label_values(&[id, JobOutcome::Succeeded.as_str(), "none"]);
+        for code in [ErrorCode::StoreUnavailable, ErrorCode::StoreError] {
+            vecs.store_errors.with_label_values(&[id, code.as_str()]);
+        }
+        for code in [ErrorCode::MalformedMessage, ErrorCode::DeliveryLimitReached] {
+            vecs.dead_lettered.with_label_values(&[id, code.as_str()]);
+        }
         RegionMetrics {
             vecs: self.0.clone(),
             region: region.to_string(),
@@ -208,6 +240,16 @@ impl RegionMetrics {
             .memory_in_flight
             .with_label_values(&[&self.region]);
         let amount = i64::try_from(bytes).unwrap_or(i64::MAX);
+        gauge.add(amount);
+        InFlight { gauge, amount }
+    }
+
+    pub fn pixels_in_flight(&self, pixels: u64) -> InFlight {
+        let gauge = self
+            .vecs
+            .pixels_in_flight
+            .with_label_values(&[&self.region]);
+        let amount = i64::try_from(pixels).unwrap_or(i64::MAX);
         gauge.add(amount);
         InFlight { gauge, amount }
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use locality_proto::gdpr::RegionRequest;
+use locality_proto::time::now_millis;
 use locality_proto::{
     ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Recovery, RegionId, TenantId,
     WorkerEvent,
@@ -344,6 +345,7 @@ async fn finish<D: Delivery, E: EventSink>(
             }
         }
         let outcome = result.outcome;
+        result.finished_at_ms = Some(now_millis());
         match &result.error {
             None => tracing::info!(attempt, "job succeeded"),
             Some(error) => {

@@ -7,8 +7,8 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOption
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use locality_proto::topology::{
-    control_queue, dead_letter_queue, events_queue, jobs_queue, retry_queue, SUBMIT_DEAD_LETTER_QUEUE,
-    SUBMIT_QUEUE,
+    control_queue, dead_letter_queue, events_queue, jobs_queue, retry_queue,
+    SUBMIT_DEAD_LETTER_QUEUE, SUBMIT_QUEUE,
 };
 use locality_proto::{Priority, RegionId};
 

@@ -49,12 +49,14 @@ fn a_valid_envelope_resolves_home_region_keys_and_defaults() {
     assert!(job.source_key.ends_with("/original/photos/a.jpg"));
     assert_eq!(job.outputs[0].quality, 80);
     assert!(job.outputs[0].key.ends_with("/outputs/thumb.webp"));
-    let message = job.into_message(uuid::Uuid::nil(), b"k");
+    let pseudonymiser = crate::privacy::IpPseudonymiser::new(b"k", 1, b"period");
+    let message = job.into_message(uuid::Uuid::nil(), &pseudonymiser);
     let json = serde_json::to_string(&message).unwrap();
     assert!(
-        !json.contains("198.51.100.23"),
-        "raw IP must not travel: {json}"
+        !json.contains("198.51.100."),
+        "neither the raw IP nor its network may travel: {json}"
     );
+    assert!(message.client_ip_pseudonym.unwrap().starts_with("ip2-1-"));
 }
 
 #[test]

@@ -7,16 +7,16 @@ mod rights;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use locality_http::{
     authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
-    ApiError, SourceQuery,
+    ApiError, ApiQuery, SourceQuery,
 };
-use locality_proto::ErrorCode;
+use locality_proto::{ErrorCode, StageTimings};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -70,7 +70,7 @@ async fn put_source(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(key): Path<String>,
-    Query(query): Query<SourceQuery>,
+    ApiQuery(query): ApiQuery<SourceQuery>,
     RawQuery(raw_query): RawQuery,
     body: Body,
 ) -> Response {
@@ -157,23 +157,49 @@ fn unavailable(err: StoreError) -> ApiError {
     ApiError::new(ErrorCode::ServiceUnavailable, err.to_string())
 }
 
-/// `GET /v1/jobs/{id}`: status, outputs, error and timings of the tenant's own job.
+/// `GET /v1/jobs/{id}`: status, outputs, error and timings of the tenant's own job;
+/// once it finished, its stage timings in `Server-Timing` too (browsers' dev tools
+/// show them next to the request).
 async fn job_status(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<JobRecord>, ApiError> {
+) -> Result<Response, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers)?;
     let not_found = || ApiError::new(ErrorCode::JobNotFound, format!("no job {id}"));
     let job_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     // Another tenant's job is reported as absent, not as forbidden: ids are not leaked.
-    control
+    let record = control
         .job(&tenant, &job_id)
         .await
         .map_err(unavailable)?
-        .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    let timing = record
+        .finished_at
+        .is_some()
+        .then(|| server_timing(&record.timings));
+    let mut response = Json(record).into_response();
+    if let Some(value) = timing.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
+}
+
+/// `fetch;dur=1.2, decode;dur=4.1, ...`: milliseconds, as Server-Timing has them.
+fn server_timing(timings: &StageTimings) -> String {
+    [
+        ("fetch", timings.fetch_ms),
+        ("decode", timings.decode_ms),
+        ("resize", timings.resize_ms),
+        ("encode", timings.encode_ms),
+        ("store", timings.store_ms),
+        ("total", timings.total_ms),
+    ]
+    .iter()
+    .map(|(stage, ms)| format!("{stage};dur={ms:.3}"))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 /// The query of `GET /v1/jobs`.
@@ -260,7 +286,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
 async fn list_jobs(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers)?;
@@ -285,6 +311,6 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    state.control.refresh_queue_depths();
+    state.control.refresh_gauges();
     metrics_response(&state.registry)
 }

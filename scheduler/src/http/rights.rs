@@ -2,11 +2,11 @@
 //! tenant, export of a subject, and the tenant's webhook deliveries. The control core
 //! records each request and sends it to the regions; these handlers only answer.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use locality_http::{authenticate, identify, ApiError, Caller};
+use locality_http::{authenticate, identify, ApiError, ApiQuery, Caller};
 use locality_proto::gdpr::ErasureScope;
 use locality_proto::ids::NO_SUBJECT;
 use locality_proto::{ErrorCode, TenantId};
@@ -68,7 +68,7 @@ pub(super) async fn erase_asset(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(asset): Path<String>,
-    Query(query): Query<AssetQuery>,
+    ApiQuery(query): ApiQuery<AssetQuery>,
 ) -> Result<Response, ApiError> {
     let tenant =
         authenticate(state.control.config(), &headers).map_err(|e| refused(&state.control, e))?;
@@ -195,7 +195,7 @@ pub(super) struct DeliveriesQuery {
 pub(super) async fn webhook_deliveries(
     State(state): State<HttpState>,
     headers: HeaderMap,
-    Query(query): Query<DeliveriesQuery>,
+    ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers)?;

@@ -35,22 +35,15 @@ pub enum StoreError {
     Sql(#[from] sqlx::Error),
     #[error("control store holds an unreadable {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error("the system's random source failed: {0}")]
+    Random(String),
 }
 
 pub use rights::{RegionAnswer, RegionPart, RightsKind, RightsRecord};
 pub use webhooks::{DueDelivery, WebhookDelivery};
 
-/// Milliseconds since the Unix epoch: how the store keeps time.
-pub type Millis = i64;
-
-pub fn now_millis() -> Millis {
-    millis_of(std::time::SystemTime::now())
-}
-
-pub fn millis_of(time: std::time::SystemTime) -> Millis {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
+/// The store keeps time in Unix milliseconds.
+pub use locality_proto::time::{millis_of, now_millis, rfc3339, Millis};
 
 fn millis(duration: Duration) -> Millis {
     Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
@@ -174,12 +167,6 @@ fn from_text<T: serde::de::DeserializeOwned>(
         what,
         reason: e.to_string(),
     })
-}
-
-/// `at` (Unix milliseconds) as RFC 3339, UTC.
-pub fn rfc3339(at: Millis) -> String {
-    let time = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).unwrap_or(0));
-    humantime::format_rfc3339_millis(time).to_string()
 }
 
 const RECORD_COLUMNS: &str = "job_id, tenant, region, priority, status, subject, outputs, error, \
@@ -638,6 +625,35 @@ impl JobStore {
             .await?;
         self.give_back_lease("job-sweep", holder).await?;
         Ok(Some(swept))
+    }
+
+    /// The random key of client-IP pseudonym period `period`, made by whichever
+    /// scheduler asks first. Earlier periods' keys are deleted, so their pseudonyms can
+    /// no longer be linked to an address.
+    pub async fn ip_period_key(&self, period: i64, now: Millis) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|err| StoreError::Random(err.to_string()))?;
+        sqlx::query(
+            "INSERT INTO ip_keys (period, key, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(period)
+        .bind(hex::encode(fresh))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let key: String = sqlx::query("SELECT key FROM ip_keys WHERE period = $1")
+            .bind(period)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("key")?;
+        sqlx::query("DELETE FROM ip_keys WHERE period < $1")
+            .bind(period)
+            .execute(&self.pool)
+            .await?;
+        hex::decode(&key).map_err(|err| StoreError::Corrupt {
+            what: "an IP pseudonym key",
+            reason: err.to_string(),
+        })
     }
 
     /// Takes the named lease for `holder` if it is free or has expired.

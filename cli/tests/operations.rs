@@ -1,0 +1,541 @@
+//! What operators run on: each process's /metrics parsed by the reference Prometheus
+//! parser and held to Prometheus' conventions, the queue length KEDA's RabbitMQ
+//! scaler reads, JSON logs, and `Server-Timing` on a finished job. Over the real
+//! broker and S3 servers that scripts/test.sh starts; never skipped.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::broker::{Broker, BROKER_LOCK};
+use common::cluster::{Cluster, ClusterSpec};
+use common::deployment::Deployment;
+use common::embedded::Embedded;
+use common::results::all_reported;
+use common::{api_key, envelope, small_photo, thumb};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use locality_proto::topology::jobs_queue;
+use locality_proto::{Priority, RegionId};
+use serde_json::{json, Value};
+
+/// An end user's address the tests send as `client_ip`; it must show up nowhere.
+const CLIENT_IP: &str = "203.0.113.77";
+const SUBJECT: &str = "subject-7f3a";
+
+/// One metric family as prometheus_client's parser reads it.
+#[derive(Debug)]
+struct Family {
+    name: String,
+    kind: String,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+/// Parses the text exposition format with the Python reference client's parser
+/// (prometheus_client, in the test venv), which refuses malformed text.
+fn parse_exposition(text: &str) -> Vec<Family> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = [
+    {"name": f.name, "type": f.type,
+     "samples": [[s.name, s.labels, repr(s.value)] for s in f.samples]}
+    for f in text_string_to_metric_families(sys.stdin.read())
+]
+print(json.dumps(families))
+"#;
+    let python = std::env::var("LOCALITY_TEST_PYTHON")
+        .expect("LOCALITY_TEST_PYTHON is not set: these tests need the venv scripts/test.sh makes");
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the exposition does not parse: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let families: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    families
+        .into_iter()
+        .map(|family| Family {
+            name: family["name"].as_str().unwrap().to_string(),
+            kind: family["type"].as_str().unwrap().to_string(),
+            samples: family["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    let labels = serde_json::from_value(s[1].clone()).unwrap();
+                    let value: f64 = s[2].as_str().unwrap().parse().unwrap();
+                    (s[0].as_str().unwrap().to_string(), labels, value)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Label names a metric may carry: all bounded by configuration or by the code.
+const BOUNDED_LABELS: [&str; 8] = [
+    "region", "priority", "outcome", "code", "stage", "link", "version", "le",
+];
+
+/// Checks Prometheus' conventions on every family; returns them by name.
+fn conventional(text: &str, forbidden_values: &[&str]) -> BTreeMap<String, Family> {
+    let families = parse_exposition(text);
+    let mut by_name = BTreeMap::new();
+    for family in families {
+        let name = &family.name;
+        assert!(name.starts_with("locality_"), "{name}: no locality_ prefix");
+        match family.kind.as_str() {
+            "counter" => assert!(
+                family
+                    .samples
+                    .iter()
+                    .all(|(s, _, _)| s.ends_with("_total") || s.ends_with("_created")),
+                "{name}: a counter's samples end in _total"
+            ),
+            "histogram" => assert!(
+                name.ends_with("_seconds") || name.ends_with("_bytes"),
+                "{name}: a histogram in base units"
+            ),
+            "gauge" => assert!(
+                !name.ends_with("_total"),
+                "{name}: a gauge named like a counter"
+            ),
+            other => panic!("{name}: unexpected type {other}"),
+        }
+        assert!(
+            !name.contains("milliseconds") && !name.ends_with("_ms"),
+            "{name}: not in base units"
+        );
+        for (sample, labels, _) in &family.samples {
+            for (label, value) in labels {
+                assert!(
+                    BOUNDED_LABELS.contains(&label.as_str()),
+                    "{sample}: unbounded label {label}"
+                );
+                for forbidden in forbidden_values {
+                    assert!(!value.contains(forbidden), "{sample}: {label}={value}");
+                }
+            }
+        }
+        by_name.insert(name.clone(), family);
+    }
+    by_name
+}
+
+fn sum(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let family = families
+        .get(name)
+        .unwrap_or_else(|| panic!("no metric {name}: {:?}", families.keys()));
+    family
+        .samples
+        .iter()
+        .filter(|(sample, l, _)| {
+            (sample == name
+                || sample == &format!("{name}_total")
+                || sample == &format!("{name}_count"))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, value)| value)
+        .sum()
+}
+
+async fn scrape(http: &reqwest::Client, url: &str) -> String {
+    let response = http.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// Jobs of `tenant` with a known client IP and subject; returns their ids.
+async fn jobs_with_a_client_ip(cluster: &Cluster, tenant: &str, count: usize) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for n in 0..count {
+        let key = format!("ops/{n}.jpg");
+        let query = format!("?subject={SUBJECT}");
+        cluster
+            .upload_with(tenant, &key, &query, small_photo())
+            .await;
+        let mut job = envelope(tenant, &key, "batch", thumb());
+        job["client_ip"] = json!(CLIENT_IP);
+        job["subject"] = json!(SUBJECT);
+        ids.insert(cluster.submit_retrying(tenant, &job).await);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_exposes_conventional_metrics_with_bounded_labels() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    let ids = jobs_with_a_client_ip(&cluster, "demo-eu", 3).await;
+    cluster
+        .results
+        .wait_until("three results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
+        })
+        .await;
+    // A refusal: the wrong tenant's key.
+    let refused = cluster
+        .http
+        .post(format!("{}/v1/jobs", cluster.base_url))
+        .bearer_auth(api_key("demo-ca"))
+        .json(&envelope("demo-eu", "ops/0.jpg", "batch", thumb()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let forbidden = [CLIENT_IP, "203.0.113", SUBJECT, "ops/"];
+
+    let worker = conventional(&cluster.worker_metrics("eu").await, &forbidden);
+    let eu = [("region", "eu")];
+    assert_eq!(
+        sum(
+            &worker,
+            "locality_worker_jobs",
+            &[("region", "eu"), ("outcome", "succeeded")]
+        ),
+        3.0
+    );
+    for stage in ["fetch", "decode", "resize", "encode", "store"] {
+        let observed = sum(
+            &worker,
+            "locality_worker_stage_duration_seconds",
+            &[("region", "eu"), ("stage", stage)],
+        );
+        assert_eq!(observed, 3.0, "stage {stage}");
+    }
+    for gauge in [
+        "locality_worker_jobs_in_flight",
+        "locality_worker_pixels_in_flight",
+        "locality_worker_memory_reserved_bytes",
+    ] {
+        assert_eq!(sum(&worker, gauge, &eu), 0.0, "{gauge} after the jobs");
+    }
+    assert!(sum(&worker, "locality_worker_store_read_bytes", &eu) > 0.0);
+    assert!(sum(&worker, "locality_worker_store_written_bytes", &eu) > 0.0);
+    for present in [
+        "locality_worker_retries",
+        "locality_worker_dead_lettered",
+        "locality_worker_store_errors",
+        "locality_build_info",
+    ] {
+        assert!(worker.contains_key(present), "the worker has no {present}");
+    }
+    assert!(
+        !worker.contains_key("locality_jobs_submitted"),
+        "the worker shows the scheduler's metrics"
+    );
+
+    let scheduler = conventional(&scrape(&cluster.http, &cluster.base_url).await, &forbidden);
+    assert_eq!(
+        sum(
+            &scheduler,
+            "locality_jobs_submitted",
+            &[("region", "eu"), ("priority", "batch")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(
+            &scheduler,
+            "locality_requests_refused",
+            &[("code", "wrong_tenant")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &scheduler,
+            "locality_jobs_finished",
+            &[("region", "eu"), ("outcome", "succeeded")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sum(&scheduler, "locality_result_relay_lag_seconds", &[]),
+        3.0,
+        "one lag per relayed result"
+    );
+    for priority in ["interactive", "batch"] {
+        assert_eq!(
+            sum(
+                &scheduler,
+                "locality_queue_depth",
+                &[("region", "eu"), ("priority", priority)]
+            ),
+            0.0
+        );
+    }
+    let links = &scheduler["locality_broker_connected"];
+    assert!(
+        !links.samples.is_empty() && links.samples.iter().all(|(_, _, up)| *up == 1.0),
+        "{links:?}"
+    );
+    assert!(scheduler.contains_key("locality_build_info"));
+    assert!(!scheduler
+        .keys()
+        .any(|name| name.starts_with("locality_worker_")));
+}
+
+/// The ready-message count of a queue, as KEDA's RabbitMQ scaler reads it with
+/// `protocol: amqp`: a passive declare on the region's own vhost, with the credentials
+/// its TriggerAuthentication holds (the region's broker URL).
+async fn queue_length_as_keda_reads_it(amqp_url: &str, queue: &str) -> u32 {
+    let connection = locality_broker::connect(amqp_url, "keda-like-probe")
+        .await
+        .expect("the region's broker");
+    let channel = connection.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists");
+    let _ = connection.close(200, "probe done".into()).await;
+    declared.message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_length_keda_scales_on_rises_with_a_backlog_and_falls_to_zero_as_a_worker_drains_it(
+) {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let mut cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    let amqp_url = cluster.config.regions[&RegionId::new("eu").unwrap()]
+        .amqp_url
+        .clone()
+        .unwrap();
+    let queue = jobs_queue(&RegionId::new("eu").unwrap(), Priority::Batch);
+    const BACKLOG: usize = 24;
+    for n in 0..BACKLOG {
+        cluster
+            .upload("demo-eu", &format!("backlog/{n}.jpg"), small_photo())
+            .await;
+    }
+    // No worker: the backlog builds up.
+    let code = cluster
+        .workers
+        .get_mut("eu")
+        .unwrap()
+        .terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0));
+    assert_eq!(queue_length_as_keda_reads_it(&amqp_url, &queue).await, 0);
+    let mut ids = BTreeSet::new();
+    let mut lengths = Vec::new();
+    for n in 0..BACKLOG {
+        let key = format!("backlog/{n}.jpg");
+        ids.insert(
+            cluster
+                .submit_retrying("demo-eu", &envelope("demo-eu", &key, "batch", thumb()))
+                .await,
+        );
+        if n % 8 == 7 {
+            lengths.push(queue_length_as_keda_reads_it(&amqp_url, &queue).await);
+        }
+    }
+    assert_eq!(
+        lengths,
+        vec![8, 16, 24],
+        "the backlog as the scaler sees it"
+    );
+
+    cluster.start_worker("eu").await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        let length = queue_length_as_keda_reads_it(&amqp_url, &queue).await;
+        seen.push(length);
+        if length == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue never drained: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        seen.windows(2).all(|w| w[1] <= w[0]),
+        "it only falls while draining: {seen:?}"
+    );
+    let results = cluster
+        .results
+        .wait_until("the backlog's results", Duration::from_secs(120), |seen| {
+            all_reported(seen, &ids)
+        })
+        .await;
+    let per_job = cluster.reports_per_job(&ids);
+    assert!(per_job.values().all(|n| *n == 1), "{per_job:?}");
+    assert!(results.len() >= BACKLOG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_with_one_span_per_job_and_no_client_ip() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let mut spec = ClusterSpec::regions(&["eu"]);
+    spec.worker_args
+        .extend(["--log-format".to_string(), "json".to_string()]);
+    let cluster = Cluster::start(&broker, spec).await;
+    let ids = jobs_with_a_client_ip(&cluster, "demo-eu", 3).await;
+    cluster
+        .results
+        .wait_until("three results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
+        })
+        .await;
+
+    let log = cluster.workers["eu"].log_text();
+    let mut spans_per_job: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log.lines() {
+        let record: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            record["timestamp"].is_string() && record["level"].is_string(),
+            "{line}"
+        );
+        assert!(
+            !line.contains("203.0.113"),
+            "a client IP in the log: {line}"
+        );
+        if record["fields"]["message"] == "job succeeded" {
+            let span = &record["span"];
+            assert_eq!(span["name"], "job", "{line}");
+            assert_eq!(span["tenant"], "demo-eu");
+            assert_eq!(span["region"], "eu");
+            *spans_per_job
+                .entry(span["job_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let logged: BTreeSet<String> = spans_per_job.keys().cloned().collect();
+    assert_eq!(logged, ids, "each job's success is logged in its own span");
+    assert!(spans_per_job.values().all(|n| *n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_answers_its_stage_timings_in_server_timing() {
+    let embedded = Embedded::start();
+    Deployment::upload(&embedded, "demo-eu", "timing.jpg", small_photo()).await;
+    let id = embedded
+        .submit_job(
+            "demo-eu",
+            &envelope("demo-eu", "timing.jpg", "interactive", thumb()),
+        )
+        .await;
+    let record = &embedded
+        .wait_for_all(
+            "demo-eu",
+            &BTreeSet::from([id.clone()]),
+            Duration::from_secs(60),
+        )
+        .await[&id];
+    assert_eq!(record["status"], "succeeded");
+    let response = embedded
+        .http
+        .get(format!("{}/v1/jobs/{id}", embedded.base_url))
+        .bearer_auth(api_key("demo-eu"))
+        .send()
+        .await
+        .unwrap();
+    let header = response
+        .headers()
+        .get("server-timing")
+        .expect("a Server-Timing header")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    let mut stages = Vec::new();
+    for entry in header.split(", ") {
+        let (stage, duration) = entry
+            .split_once(";dur=")
+            .unwrap_or_else(|| panic!("{header}"));
+        let ms: f64 = duration.parse().unwrap();
+        let recorded = body["timings"][format!("{stage}_ms")].as_f64().unwrap();
+        assert!((ms - recorded).abs() < 0.001, "{stage}: {ms} vs {recorded}");
+        stages.push(stage.to_string());
+    }
+    assert_eq!(
+        stages,
+        ["fetch", "decode", "resize", "encode", "store", "total"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ip_and_its_network_appear_in_no_log_row_message_object_or_metric() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    let ids = jobs_with_a_client_ip(&cluster, "demo-eu", 3).await;
+    let seen = cluster
+        .results
+        .wait_until("three results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
+        })
+        .await;
+    let network = "203.0.113.";
+    let absent = |place: &str, text: &str| {
+        assert!(!text.contains(CLIENT_IP), "the client IP in {place}");
+        assert!(!text.contains(network), "the client's /24 in {place}");
+    };
+
+    // Rows: the whole control store; its job messages carry the period's pseudonym.
+    let database = cluster.config.scheduler.database_url.clone().unwrap();
+    let dump = common::database::dump(&database);
+    absent("the database", &dump);
+    let pseudonyms: BTreeSet<&str> = dump
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| word.starts_with("ip2-"))
+        .collect();
+    assert_eq!(
+        pseudonyms.len(),
+        1,
+        "one network, one period, one pseudonym: {pseudonyms:?}"
+    );
+    // Messages: the results as published on locality.results.
+    for result in &seen {
+        absent("a result", &serde_json::to_string(&result.result).unwrap());
+    }
+    // Logs of every process, metrics of every process.
+    absent("the logs", &cluster.logs());
+    absent("the worker's metrics", &cluster.worker_metrics("eu").await);
+    absent(
+        "the scheduler's metrics",
+        &scrape(&cluster.http, &cluster.base_url).await,
+    );
+    // Objects: every key and every byte stored.
+    let keys = cluster.objects("eu").await;
+    assert!(keys.len() >= 6, "{keys:?}");
+    for key in &keys {
+        absent("an object key", key);
+        let bytes = cluster.object("eu", key).await;
+        absent(key, &String::from_utf8_lossy(&bytes));
+    }
+}
