@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use locality_http::ServeLimits;
@@ -13,7 +14,8 @@ use locality_proto::{Config, RegionConfig, RegionId};
 use locality_scheduler::amqp::{AmqpRegion, AmqpResults};
 use locality_scheduler::{Control, JobStore, Region, UploadRoute};
 use locality_worker::ingest::{Downloads, IngestState, Uploads};
-use locality_worker::transport::amqp::run_amqp;
+use locality_worker::retention::run_periodically;
+use locality_worker::transport::amqp::{run_amqp, SweepLock};
 use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
 use tokio_util::sync::CancellationToken;
 
@@ -180,6 +182,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         locality_http::register_build_info(&registry);
         let metrics = WorkerMetrics::register(&registry);
         let config = Arc::new(config);
+        let config_for_sweep = config.clone();
         let context = Arc::new(WorkerContext::new(
             stores.clone(),
             &config,
@@ -209,7 +212,31 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
             ServeLimits::default(),
             shutdown.clone(),
         ));
+        // The region's retention sweep, by whichever of its workers holds the lock.
+        let sweeper = {
+            let (config, context, url) = (config_for_sweep, context.clone(), url.clone());
+            let interval = Duration::from_secs(config.retention.sweep_interval_seconds);
+            let (limits, region) = (config.limits, region.clone());
+            tokio::spawn(run_periodically(
+                config,
+                context,
+                interval,
+                shutdown.clone(),
+                move || {
+                    let (url, region) = (url.clone(), region.clone());
+                    async move {
+                        SweepLock::take(&url, &region, &limits)
+                            .await
+                            .unwrap_or_else(|err| {
+                                tracing::warn!(error = %err, "could not try the sweep lock");
+                                None
+                            })
+                    }
+                },
+            ))
+        };
         run_amqp(context, url, slots, connected, shutdown).await;
+        sweeper.await.context("the retention sweeper failed")?;
         http.await.context("the ingest endpoint failed")??;
         println!("locality worker {region}: stopped");
         Ok(())

@@ -5,8 +5,10 @@
 mod config;
 mod distributed;
 mod embedded;
+mod progress;
 mod rights;
 mod shutdown;
+mod sweep;
 
 use std::path::PathBuf;
 
@@ -79,6 +81,10 @@ enum Command {
     Export(rights::ExportArgs),
     /// Check an erasure receipt offline against the regions' public keys.
     VerifyReceipt(rights::VerifyArgs),
+    /// Delete what has outlived its tenant's retention in one region's store, announcing
+    /// each key as a purge event (`--dry-run`: list only). Workers also sweep on their
+    /// own every retention.sweep_interval_seconds; one sweep per region runs at a time.
+    Sweep(sweep::SweepArgs),
     /// Print fresh receipt and download keys for a region, as TOML.
     Keygen(rights::KeygenArgs),
     /// Print the resolved configuration (defaults, file and environment merged) as TOML,
@@ -115,6 +121,7 @@ fn main() -> Result<()> {
             rights::verify_receipt(args, config.as_ref())
         }
         Command::Keygen(args) => rights::keygen(args),
+        Command::Sweep(args) => sweep::run(config::load(path, Source::FileOrEnvironment)?, args),
         Command::PrintConfig => {
             let config = config::load(path, Source::FileOrExample)?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);

@@ -4,17 +4,18 @@
 //! `locality keygen` makes a region's keys.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use locality_proto::gdpr::ErasureReceipt;
 use locality_proto::Config;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+
+use crate::progress::RegionProgress;
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -133,55 +134,6 @@ impl Api {
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
-}
-
-/// One line per region: a spinner on a terminal, a printed line per change otherwise.
-struct RegionProgress {
-    bars: BTreeMap<String, ProgressBar>,
-    last: BTreeMap<String, String>,
-    terminal: bool,
-    _multi: MultiProgress,
-}
-
-impl RegionProgress {
-    fn new(regions: impl Iterator<Item = String>) -> Self {
-        let terminal = std::io::stderr().is_terminal();
-        let multi = MultiProgress::with_draw_target(if terminal {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        });
-        let style = ProgressStyle::with_template("{spinner} {prefix:>4} {wide_msg}")
-            .expect("a valid template");
-        let bars = regions
-            .map(|region| {
-                let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
-                bar.set_prefix(region.clone());
-                bar.enable_steady_tick(Duration::from_millis(120));
-                (region, bar)
-            })
-            .collect();
-        Self {
-            bars,
-            last: BTreeMap::new(),
-            terminal,
-            _multi: multi,
-        }
-    }
-
-    fn update(&mut self, region: &str, text: String, done: bool) {
-        if let Some(bar) = self.bars.get(region) {
-            if done {
-                bar.finish_with_message(text.clone());
-            } else {
-                bar.set_message(text.clone());
-            }
-        }
-        if !self.terminal && self.last.get(region) != Some(&text) {
-            eprintln!("{region}: {text}");
-            self.last.insert(region.to_string(), text);
-        }
-    }
 }
 
 fn region_text(part: &Value, what: &str) -> String {

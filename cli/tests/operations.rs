@@ -235,6 +235,8 @@ async fn every_process_exposes_conventional_metrics_with_bounded_labels() {
         "locality_worker_retries",
         "locality_worker_dead_lettered",
         "locality_worker_store_errors",
+        "locality_worker_expired_objects",
+        "locality_worker_expired_bytes",
         "locality_build_info",
     ] {
         assert!(worker.contains_key(present), "the worker has no {present}");

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -18,6 +19,7 @@ use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::store::StoreError as ControlStoreError;
 use locality_scheduler::{Control, DispatchError, JobDispatch, JobStore, Region, SourceStore};
 use locality_worker::ingest::{downloads_router, Downloads, Uploads};
+use locality_worker::retention::run_periodically;
 use locality_worker::serve::serve;
 use locality_worker::transport::in_process::{in_process_queue, ChannelEvents, InProcessQueue};
 use locality_worker::{RegionStores, StoreError, WorkerContext, WorkerMetrics};
@@ -166,6 +168,15 @@ impl Embedded {
             ));
             let sink = Arc::new(ChannelEvents(events.clone()));
             let (slots, stop) = (options.jobs_per_region, shutdown.clone());
+            // One task per region sweeps it: no other process shares these stores.
+            let sweep_events = events.clone();
+            tasks.push(tokio::spawn(run_periodically(
+                config.clone(),
+                context.clone(),
+                Duration::from_secs(config.retention.sweep_interval_seconds),
+                shutdown.clone(),
+                move || std::future::ready(Some(ChannelEvents(sweep_events.clone()))),
+            )));
             tasks.push(tokio::spawn(async move {
                 serve(context, source, sink, slots, stop).await;
             }));

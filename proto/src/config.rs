@@ -25,6 +25,24 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How each region's sweeper deletes what has expired (tenants' `retention_days`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Seconds between sweeps of a region's store by its workers (one at a time).
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            sweep_interval_seconds: 3600,
+        }
+    }
 }
 
 /// How the control plane keeps job records.
@@ -164,6 +182,10 @@ pub struct TenantConfig {
     /// Days after which outputs are deleted by the retention sweep.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Days after which the tenant's uploaded originals are deleted too; kept until
+    /// erased when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_retention_days: Option<u32>,
     /// Named output lists a job can ask for with `preset`.
     #[serde(default)]
     pub presets: BTreeMap<String, Preset>,
@@ -418,6 +440,20 @@ impl Config {
         }
         if self.jobs.retention_days == 0 {
             return Err(invalid("jobs.retention_days", "must be at least 1"));
+        }
+        if self.retention.sweep_interval_seconds == 0 {
+            return Err(invalid(
+                "retention.sweep_interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        for (id, tenant) in &self.tenants {
+            if tenant.retention_days == 0 || tenant.original_retention_days == Some(0) {
+                return Err(invalid(
+                    format!("tenants.{id}.retention_days"),
+                    "retention is at least 1 day (erase to delete at once)",
+                ));
+            }
         }
         if self.scheduler.ip_pseudonym_rotation_hours == 0 {
             return Err(invalid(

@@ -80,10 +80,11 @@ impl ErasureScope {
     }
 }
 
-/// Tombstones, under `TENANT/`.
-pub const TOMBSTONES: &str = ".erased/";
-/// Export archives, under `TENANT/`.
-pub const EXPORTS: &str = ".exports/";
+pub use crate::keys::{EXPORTS, TOMBSTONES};
+
+/// Days an export archive (and its download link) lives; then the region's sweeper
+/// deletes it.
+pub const EXPORT_LIFETIME_DAYS: u32 = 7;
 
 /// Where the export archives of a subject live: `TENANT/.exports/DIGEST/`.
 pub fn exports_prefix(tenant: &TenantId, subject: &str) -> String {

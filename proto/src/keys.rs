@@ -139,6 +139,40 @@ pub fn belongs_to_tenant(key: &str, tenant: &TenantId) -> bool {
         .is_some_and(|rest| check_source_key(rest).is_ok())
 }
 
+/// Tombstones of erasures, under `TENANT/`.
+pub const TOMBSTONES: &str = ".erased/";
+/// Export archives, under `TENANT/`.
+pub const EXPORTS: &str = ".exports/";
+
+/// What an object in a tenant's area is, for retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredKind {
+    /// An uploaded original (`TENANT/subjects/S/assets/A/original/...`).
+    Original,
+    /// A job's output (`TENANT/subjects/S/assets/A/outputs/...`).
+    Output,
+    /// A subject's export archive (`TENANT/.exports/...`).
+    ExportArchive,
+    /// Locality's own bookkeeping (tombstones, erasure tallies) or anything else: kept.
+    Other,
+}
+
+/// Classifies a key of `tenant`'s area by the key layout.
+pub fn classify(key: &str, tenant: &TenantId) -> StoredKind {
+    let Some(rest) = key.strip_prefix(&tenant_prefix(tenant)) else {
+        return StoredKind::Other;
+    };
+    if rest.starts_with(EXPORTS) {
+        return StoredKind::ExportArchive;
+    }
+    let parts: Vec<&str> = rest.splitn(6, '/').collect();
+    match parts.as_slice() {
+        ["subjects", _, "assets", _, "original", _] => StoredKind::Original,
+        ["subjects", _, "assets", _, "outputs", _] => StoredKind::Output,
+        _ => StoredKind::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +251,30 @@ mod tests {
     fn default_asset_is_stable_per_key() {
         assert_eq!(default_asset_id("a.jpg"), default_asset_id("a.jpg"));
         assert_ne!(default_asset_id("a.jpg"), default_asset_id("b.jpg"));
+    }
+
+    #[test]
+    fn keys_are_classified_by_their_layout() {
+        let tenant = TenantId::new("acme").unwrap();
+        let cases = [
+            (
+                "acme/subjects/u1/assets/k1/original/a/b.jpg",
+                StoredKind::Original,
+            ),
+            (
+                "acme/subjects/_/assets/k1/outputs/thumb.jpg",
+                StoredKind::Output,
+            ),
+            ("acme/.exports/abc/e1/eu.tar", StoredKind::ExportArchive),
+            ("acme/.erased/subject-abc.json", StoredKind::Other),
+            ("acme/subjects/u1/assets/k1/original", StoredKind::Other),
+            (
+                "other/subjects/u1/assets/k1/outputs/thumb.jpg",
+                StoredKind::Other,
+            ),
+        ];
+        for (key, kind) in cases {
+            assert_eq!(classify(key, &tenant), kind, "{key}");
+        }
     }
 }

@@ -30,7 +30,9 @@ pub mod time;
 pub mod topology;
 pub mod validate;
 
-pub use config::{Config, ConfigError, JobsConfig, RegionConfig, TenantConfig, TenantStore};
+pub use config::{
+    Config, ConfigError, JobsConfig, RegionConfig, RetentionConfig, TenantConfig, TenantStore,
+};
 pub use envelope::{
     Fit, ImageFormat, JobEnvelope, JobMessage, OutputSpec, Priority, SourceRef, ENVELOPE_VERSION,
 };

@@ -22,6 +22,13 @@ pub fn rfc3339(at: Millis) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// An RFC 3339 time (`2026-11-29T12:00:00Z`, fractions and offsets allowed) in Unix ms.
+pub fn parse_rfc3339(text: &str) -> Result<Millis, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map(millis_of)
+        .map_err(|err| format!("{text:?} is not an RFC 3339 time: {err}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,6 +38,11 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_795_996_728_323), "2026-11-29T23:58:48.323Z");
         assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            parse_rfc3339("2026-11-29T23:58:48.323Z"),
+            Ok(1_795_996_728_323)
+        );
+        assert!(parse_rfc3339("yesterday").is_err());
         let now = now_millis();
         assert!(now > 1_795_000_000_000, "{now}");
     }

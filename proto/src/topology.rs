@@ -64,6 +64,11 @@ pub fn retry_queue(region: &RegionId) -> String {
     format!("locality.retry.{region}")
 }
 
+/// The region's sweep lock: an exclusive queue, held by one connection at a time.
+pub fn sweep_lock_queue(region: &RegionId) -> String {
+    format!("locality.sweep.{region}")
+}
+
 pub fn dead_letter_queue(region: &RegionId) -> String {
     format!("locality.dead.{region}")
 }

@@ -25,7 +25,8 @@ use crate::store::{
 };
 
 /// How long an export's archives can be downloaded.
-pub const EXPORT_LIFETIME: Duration = Duration::from_secs(7 * 86_400);
+pub const EXPORT_LIFETIME: Duration =
+    Duration::from_secs(locality_proto::gdpr::EXPORT_LIFETIME_DAYS as u64 * 86_400);
 
 /// Why a request of a subject's rights was not accepted.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod job;
 pub mod metrics;
 pub mod pipeline;
+pub mod retention;
 pub mod serve;
 pub mod store;
 pub mod transport;

@@ -41,6 +41,8 @@ struct Vecs {
     bytes_written: IntCounterVec,
     store_errors: IntCounterVec,
     erased: IntCounterVec,
+    expired_objects: IntCounterVec,
+    expired_bytes: IntCounterVec,
 }
 
 /// The metric families, registered once per process; each region's worker records
@@ -132,6 +134,16 @@ impl WorkerMetrics {
                 "Objects deleted by erasures",
                 &["region"],
             ),
+            expired_objects: counter(
+                "locality_worker_expired_objects_total",
+                "Objects deleted by the retention sweep",
+                &["region"],
+            ),
+            expired_bytes: counter(
+                "locality_worker_expired_bytes_total",
+                "Bytes deleted by the retention sweep",
+                &["region"],
+            ),
         };
         Self(Arc::new(vecs))
     }
@@ -153,6 +165,8 @@ impl WorkerMetrics {
             &vecs.bytes_read,
             &vecs.bytes_written,
             &vecs.erased,
+            &vecs.expired_objects,
+            &vecs.expired_bytes,
         ] {
             counter.with_label_values(&[id]);
         }
@@ -268,6 +282,18 @@ impl RegionMetrics {
             .erased
             .with_label_values(&[&self.region])
             .inc_by(objects as u64);
+    }
+
+    pub fn expired(&self, objects: usize, bytes: u64) {
+        let region = [self.region.as_str()];
+        self.vecs
+            .expired_objects
+            .with_label_values(&region)
+            .inc_by(objects as u64);
+        self.vecs
+            .expired_bytes
+            .with_label_values(&region)
+            .inc_by(bytes);
     }
 
     pub fn bytes_read(&self, bytes: usize) {

@@ -242,8 +242,7 @@ impl ListQuery {
             .since
             .as_deref()
             .map(|since| {
-                humantime::parse_rfc3339_weak(since)
-                    .map(crate::store::millis_of)
+                locality_proto::time::parse_rfc3339(since)
                     .map_err(|e| invalid("since", format!("must be an RFC 3339 time: {e}")))
             })
             .transpose()?;

@@ -23,8 +23,8 @@ use locality_broker::{
 };
 use locality_proto::gdpr::RegionRequest;
 use locality_proto::topology::{
-    control_queue, jobs_queue, ATTEMPT_HEADER, CONTENT_TYPE, DELIVERY_COUNT_HEADER,
-    EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
+    control_queue, jobs_queue, sweep_lock_queue, ATTEMPT_HEADER, CONTENT_TYPE,
+    DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
 };
 use locality_proto::{JobMessage, Priority, RegionId, TenantId, WorkerEvent, ENVELOPE_VERSION};
 use tokio_util::sync::CancellationToken;
@@ -265,6 +265,75 @@ impl Delivery for AmqpDelivery {
 
 /// Job events on the region's `locality.events`, confirmed by the broker.
 struct AmqpEvents(Channel);
+
+/// The region's sweep, held: the exclusive queue `locality.sweep.REGION` on the region's
+/// vhost (the broker lets one connection hold it and frees it when that connection
+/// ends, a crash included) and the channel the sweep announces its purges on.
+pub struct SweepLock {
+    events: AmqpEvents,
+    connection: Arc<Connection>,
+}
+
+impl SweepLock {
+    /// Takes the region's sweep lock; `None` while another process holds it. The
+    /// region's topology is declared first, so purges have their events queue.
+    pub async fn take(
+        url: &str,
+        region: &RegionId,
+        limits: &locality_proto::limits::Limits,
+    ) -> Result<Option<Self>, BrokerError> {
+        let connection = locality_broker::connect(url, &format!("locality-sweep-{region}")).await?;
+        let setup = connection.create_channel().await?;
+        locality_broker::topology::declare_region(&setup, region, limits).await?;
+        let lock = connection.create_channel().await?;
+        let declared = lock
+            .queue_declare(
+                sweep_lock_queue(region).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(_) => {}
+            // RESOURCE_LOCKED: another connection holds the exclusive queue.
+            Err(err)
+                if format!("{err:?}").contains("RESOURCE")
+                    && format!("{err:?}").contains("LOCKED") =>
+            {
+                let _ = connection.close(200, "the sweep is another's".into()).await;
+                return Ok(None);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let events = AmqpEvents(confirm_channel(&connection).await?);
+        Ok(Some(Self {
+            events,
+            connection: Arc::new(connection),
+        }))
+    }
+}
+
+impl Drop for SweepLock {
+    /// Gives the lock back by closing its connection (it also goes when the process ends).
+    fn drop(&mut self) {
+        let connection = self.connection.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = connection.close(200, "sweep done".into()).await;
+            });
+        }
+    }
+}
+
+impl EventSink for SweepLock {
+    async fn publish(&self, event: WorkerEvent) -> Result<(), TransportError> {
+        self.events.publish(event).await
+    }
+}
 
 impl EventSink for AmqpEvents {
     async fn publish(&self, event: WorkerEvent) -> Result<(), TransportError> {

@@ -1,0 +1,180 @@
+//! Retention over the real broker and S3 servers: `locality sweep` with its clock moved
+//! ahead (the data's is untouched) deletes exactly what has expired, announces each
+//! key once as a purge event with reason `expired`, a dry run deletes nothing, and one
+//! region is never swept by two sweepers at once.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::time::Duration;
+
+use common::broker::{Broker, BROKER_LOCK};
+use common::cluster::{Cluster, ClusterSpec};
+use common::config::region;
+use common::deployment::Deployment;
+use common::results::all_reported;
+use common::{api_key, envelope, small_photo, thumb};
+use locality_proto::gdpr::PurgeReason;
+use locality_proto::time::{now_millis, rfc3339};
+use locality_proto::TenantId;
+use locality_worker::transport::amqp::SweepLock;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// demo-eu keeps outputs 30 days; this tenant, in the same region, 90.
+const LASTING: &str = "lasting";
+
+fn add_lasting_tenant(config: &mut locality_proto::Config) {
+    let mut tenant = config.tenants[&TenantId::new("demo-eu").unwrap()].clone();
+    tenant.retention_days = 90;
+    tenant.api_key_sha256 = hex::encode(Sha256::digest(api_key(LASTING).as_bytes()));
+    tenant.broker_user = None;
+    config
+        .tenants
+        .insert(TenantId::new(LASTING).unwrap(), tenant);
+    let brief = config
+        .tenants
+        .get_mut(&TenantId::new("demo-eu").unwrap())
+        .unwrap();
+    brief.retention_days = 30;
+    brief.original_retention_days = Some(365);
+}
+
+fn sweep(cluster: &Cluster, as_of: &str, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["sweep", "--region", "eu", "--json", "--as-of", as_of])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("locality sweep starts")
+}
+
+fn report(output: &Output) -> Option<Value> {
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .last()
+        .map(|line| serde_json::from_str(line).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_and_never_runs_twice_at_once(
+) {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let spec = ClusterSpec::regions(&["eu"]).edit(add_lasting_tenant);
+    let cluster = Cluster::start(&broker, spec).await;
+    let mut ids = BTreeSet::new();
+    for tenant in ["demo-eu", LASTING] {
+        for n in 0..3 {
+            let key = format!("kept/{n}.jpg");
+            cluster.upload(tenant, &key, small_photo()).await;
+            ids.insert(
+                cluster
+                    .submit_retrying(tenant, &envelope(tenant, &key, "batch", thumb()))
+                    .await,
+            );
+        }
+    }
+    cluster
+        .results
+        .wait_until("six results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
+        })
+        .await;
+    let before: BTreeSet<String> = cluster.objects("eu").await.into_iter().collect();
+    let expiring: BTreeSet<String> = before
+        .iter()
+        .filter(|key| key.starts_with("demo-eu/") && key.contains("/outputs/"))
+        .cloned()
+        .collect();
+    assert_eq!(expiring.len(), 3, "{before:?}");
+    let in_31_days = rfc3339(now_millis() + 31 * 86_400_000);
+
+    // A dry run lists what would go and deletes nothing.
+    let dry = report(
+        &sweep(&cluster, &in_31_days, &["--dry-run"])
+            .wait_with_output()
+            .unwrap(),
+    )
+    .expect("a report");
+    assert_eq!(dry["expired"], 3, "{dry}");
+    assert_eq!(dry["deleted"], 0);
+    let after_dry: BTreeSet<String> = cluster.objects("eu").await.into_iter().collect();
+    assert_eq!(after_dry, before, "a dry run deleted something");
+
+    // While another holds the region's sweep, a sweep does nothing.
+    let eu_broker = cluster.config.regions[&region("eu")]
+        .amqp_url
+        .clone()
+        .unwrap();
+    let held = SweepLock::take(&eu_broker, &region("eu"), &cluster.config.limits)
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    let refused = sweep(&cluster, &in_31_days, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(report(&refused).is_none(), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("another sweeper holds"), "{said}");
+    assert_eq!(
+        cluster
+            .objects("eu")
+            .await
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        before
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Two sweeps started together: one holds the region, the other finds it held or
+    // (if it comes after) nothing left; between them the three expired outputs go once.
+    let (first, second) = (
+        sweep(&cluster, &in_31_days, &[]),
+        sweep(&cluster, &in_31_days, &[]),
+    );
+    let outputs = [
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    ];
+    let deleted: u64 = outputs
+        .iter()
+        .filter_map(report)
+        .map(|r| r["deleted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(deleted, 3, "{outputs:?}");
+    let after: BTreeSet<String> = cluster.objects("eu").await.into_iter().collect();
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    assert_eq!(
+        gone, expiring,
+        "exactly demo-eu's outputs expire; originals and the 90-day tenant's stay"
+    );
+
+    // Each deleted key announced once, as expired, on locality.results.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let announced = loop {
+        let batches = cluster.purge_events().unwrap();
+        let keys: Vec<String> = batches
+            .iter()
+            .filter(|batch| batch.reason == PurgeReason::Expired)
+            .flat_map(|batch| batch.keys.clone())
+            .collect();
+        if keys.len() >= 3 || std::time::Instant::now() > deadline {
+            assert!(batches
+                .iter()
+                .all(|b| b.tenant.as_str() == "demo-eu" && b.erasure_id.is_none()));
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(announced.len(), 3, "one purge event per key: {announced:?}");
+    assert_eq!(announced.into_iter().collect::<BTreeSet<_>>(), expiring);
+}
