@@ -44,7 +44,7 @@ def dummy_secret(key):
         return "amqp://user:password@broker.invalid:5672/vhost"
     if key == "database-url":
         return "postgres://user:password@db.invalid:5432/locality"
-    if key == "receipt-key":
+    if key == "receipt-key" or key.endswith("message-key"):
         return os.urandom(32).hex()
     if key in ("download-key", "pseudonymisation-key"):
         return os.urandom(24).hex()

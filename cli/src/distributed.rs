@@ -81,7 +81,10 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         let url = region.amqp_url.clone().with_context(|| {
             format!("regions.{id}.amqp_url is required by `locality scheduler`")
         })?;
-        let link = AmqpRegion::new(id.clone(), url);
+        let keys = region.message_keys().with_context(|| {
+            format!("regions.{id}.message_keys and message_key_id are required by `locality scheduler`: it signs what it sends the region and verifies what the region reports")
+        })?;
+        let link = AmqpRegion::new(id.clone(), url, keys);
         let uploads = match &region.ingest_url {
             Some(ingest_url) => UploadRoute::Redirect {
                 ingest_url: ingest_url.clone(),
@@ -168,6 +171,9 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         store: Some(store.clone()),
         ..own.clone()
     });
+    let keys = own.message_keys().with_context(|| {
+        format!("regions.{region}.message_keys and message_key_id are required by `locality worker`: it acts only on messages signed with them")
+    })?;
     if store_override.is_none() && own.store.is_none() {
         bail!("regions.{region}.store is required by `locality worker` (or give --store)");
     }
@@ -216,16 +222,16 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         let sweeper = {
             let (config, context, url) = (config_for_sweep, context.clone(), url.clone());
             let interval = Duration::from_secs(config.retention.sweep_interval_seconds);
-            let (limits, region) = (config.limits, region.clone());
+            let (limits, region, keys) = (config.limits, region.clone(), keys.clone());
             tokio::spawn(run_periodically(
                 config,
                 context,
                 interval,
                 shutdown.clone(),
                 move || {
-                    let (url, region) = (url.clone(), region.clone());
+                    let (url, region, keys) = (url.clone(), region.clone(), keys.clone());
                     async move {
-                        SweepLock::take(&url, &region, &limits)
+                        SweepLock::take(&url, &region, &keys, &limits)
                             .await
                             .unwrap_or_else(|err| {
                                 tracing::warn!(error = %err, "could not try the sweep lock");
@@ -235,7 +241,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
                 },
             ))
         };
-        run_amqp(context, url, slots, connected, shutdown).await;
+        run_amqp(context, url, keys, slots, connected, shutdown).await;
         sweeper.await.context("the retention sweeper failed")?;
         http.await.context("the ingest endpoint failed")??;
         println!("locality worker {region}: stopped");

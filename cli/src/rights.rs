@@ -393,13 +393,23 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--region: {e}"))?;
     let mut seed = [0u8; 32];
     let mut download = [0u8; 32];
-    getrandom::fill(&mut seed).context("reading the system's randomness")?;
-    getrandom::fill(&mut download).context("reading the system's randomness")?;
+    let mut message = [0u8; 32];
+    for secret in [&mut seed, &mut download, &mut message] {
+        getrandom::fill(secret).context("reading the system's randomness")?;
+    }
+    // Named by the day it was made, so a rotation's keys have distinct ids.
+    let key_id = format!("k{}", locality_proto::time::now_millis() / 86_400_000);
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     println!("[regions.{region}]");
     println!("# Secret, for this region's workers only.");
     println!("receipt_key = \"{}\"", hex::encode(seed));
     println!("download_key = \"{}\"", hex::encode(download));
+    println!("# Secret, for this region's workers and the scheduler: signs their messages.");
+    println!(
+        "message_keys = {{ {key_id} = \"{}\" }}",
+        hex::encode(message)
+    );
+    println!("message_key_id = \"{key_id}\"");
     println!("# Public: the scheduler's configuration, and whoever checks receipts.");
     println!(
         "receipt_public_key = \"{}\"",

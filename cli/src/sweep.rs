@@ -32,20 +32,20 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
 }
 
+/// How many objects the sweep has taken, and what it did with them.
+fn tally(report: &SweepReport) -> (u64, &'static str) {
+    if report.dry_run {
+        (report.expired, "expired (dry run, nothing deleted)")
+    } else {
+        (report.deleted, "deleted")
+    }
+}
+
 fn progress_text(progress: &SweepProgress<'_>) -> String {
     let report = progress.report;
-    let verb = if report.dry_run {
-        "would delete"
-    } else {
-        "deleted"
-    };
-    let count = if report.dry_run {
-        report.expired
-    } else {
-        report.deleted
-    };
+    let (count, verb) = tally(report);
     format!(
-        "tenant {} ({}/{}): {} objects examined, {verb} {count}",
+        "tenant {} ({}/{}): {} objects examined, {count} {verb}",
         progress.tenant, progress.tenants_done, progress.tenants, report.examined
     )
 }
@@ -77,7 +77,10 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
             let url = amqp_url.with_context(|| {
                 format!("regions.{region}.amqp_url is needed to take the region's sweep lock and announce purges")
             })?;
-            match SweepLock::take(&url, &region, &config.limits).await? {
+            let keys = config.regions[&region].message_keys().with_context(|| {
+                format!("regions.{region}.message_keys are needed to sign the purge events")
+            })?;
+            match SweepLock::take(&url, &region, &keys, &config.limits).await? {
                 Some(lock) => Some(lock),
                 None => {
                     let text = "another sweeper holds this region's sweep; nothing done";
@@ -94,8 +97,7 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
             Some(lock) => sweep(&config, &context, lock, as_of, false, &mut show).await?,
         };
         drop(lock);
-        let verb = if report.dry_run { "expired (dry run, nothing deleted)" } else { "deleted" };
-        let count = if report.dry_run { report.expired } else { report.deleted };
+        let (count, verb) = tally(&report);
         bars.update(
             region.as_str(),
             format!(

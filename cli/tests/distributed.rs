@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{headers, publish_raw, Broker, BROKER_LOCK};
+use common::broker::{headers, publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::deployment::Deployment;
 use common::results::{all_reported, Seen};
@@ -308,13 +308,14 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
             ]))
     };
 
-    // 1. Not JSON.
+    // 1. Not JSON (signed with eu's key, so it is its content that is refused).
+    let sign = |body: &[u8], properties| signed(&cluster.config, "eu", "demo-eu", body, properties);
     publish_raw(
         &broker.url("eu"),
         JOBS_EXCHANGE,
         "interactive",
         b"{not json",
-        json_with(1),
+        sign(b"{not json", json_with(1)),
     )
     .await;
     // 2. A schema version this worker does not know.
@@ -324,7 +325,7 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         JOBS_EXCHANGE,
         "batch",
         body.as_bytes(),
-        json_with(2),
+        sign(body.as_bytes(), json_with(2)),
     )
     .await;
     // Both are dead-lettered by the worker; its failed reports name no job the
@@ -332,15 +333,7 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
     // the region's credentials cannot make results appear).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let scheduler = cluster
-            .http
-            .get(format!("{}/metrics", cluster.base_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let scheduler = cluster.scheduler_metrics().await;
         let not_relayed = metric_sum(
             &scheduler,
             "locality_requests_refused_total",
@@ -652,15 +645,7 @@ async fn a_workers_metrics_are_its_own_not_the_schedulers() {
             "the worker shows {scheduler_only}"
         );
     }
-    let scheduler: String = cluster
-        .http
-        .get(format!("{}/metrics", cluster.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scheduler = cluster.scheduler_metrics().await;
     assert_eq!(
         metric_sum(
             &scheduler,
@@ -853,12 +838,21 @@ async fn a_worker_refuses_jobs_for_other_regions_tenants_or_outside_their_asset(
         .with_delivery_mode(2)
         .with_headers(headers(&[(SCHEMA_HEADER, AMQPValue::LongUInt(1))]));
     for message in [job("demo-ca", "a1"), job("demo-eu", "someone-elses")] {
+        // Signed with eu's key: the worker's own checks are what refuse them.
+        let body = message.to_string();
+        let properties = signed(
+            &cluster.config,
+            "eu",
+            "",
+            body.as_bytes(),
+            properties.clone(),
+        );
         publish_raw(
             &broker.url("eu"),
             JOBS_EXCHANGE,
             "interactive",
-            message.to_string().as_bytes(),
-            properties.clone(),
+            body.as_bytes(),
+            properties,
         )
         .await;
     }

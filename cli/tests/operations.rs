@@ -156,12 +156,6 @@ fn sum(families: &BTreeMap<String, Family>, name: &str, labels: &[(&str, &str)])
         .sum()
 }
 
-async fn scrape(http: &reqwest::Client, url: &str) -> String {
-    let response = http.get(format!("{url}/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 /// Jobs of `tenant` with a known client IP and subject; returns their ids.
 async fn jobs_with_a_client_ip(cluster: &Cluster, tenant: &str, count: usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
@@ -246,7 +240,7 @@ async fn every_process_exposes_conventional_metrics_with_bounded_labels() {
         "the worker shows the scheduler's metrics"
     );
 
-    let scheduler = conventional(&scrape(&cluster.http, &cluster.base_url).await, &forbidden);
+    let scheduler = conventional(&cluster.scheduler_metrics().await, &forbidden);
     assert_eq!(
         sum(
             &scheduler,
@@ -530,7 +524,7 @@ async fn a_client_ip_and_its_network_appear_in_no_log_row_message_object_or_metr
     absent("the worker's metrics", &cluster.worker_metrics("eu").await);
     absent(
         "the scheduler's metrics",
-        &scrape(&cluster.http, &cluster.base_url).await,
+        &cluster.scheduler_metrics().await,
     );
     // Objects: every key and every byte stored.
     let keys = cluster.objects("eu").await;

@@ -114,7 +114,10 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
         .amqp_url
         .clone()
         .unwrap();
-    let held = SweepLock::take(&eu_broker, &region("eu"), &cluster.config.limits)
+    let eu_keys = cluster.config.regions[&region("eu")]
+        .message_keys()
+        .unwrap();
+    let held = SweepLock::take(&eu_broker, &region("eu"), &eu_keys, &cluster.config.limits)
         .await
         .unwrap()
         .expect("the lock is free");

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{publish_raw, Broker, BROKER_LOCK};
+use common::broker::{publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::deployment::Deployment;
 use common::embedded::Embedded;
@@ -60,6 +60,8 @@ async fn erasing_a_subject_over_rabbitmq_and_s3_leaves_nothing_blocks_replays_an
         .unwrap();
     let properties = with_text_header(json_properties(1), TENANT_HEADER, TENANT)
         .with_message_id(replayed_job.as_str().into());
+    // Signed as the scheduler signed it: a replay of a genuine message.
+    let properties = signed(&cluster.config, "eu", TENANT, &captured, properties);
     publish_raw(&eu_broker, JOBS_EXCHANGE, "batch", &captured, properties).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cluster.logs().lines().any(|line| {

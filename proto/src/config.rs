@@ -159,10 +159,23 @@ pub struct RegionConfig {
     /// A secret of the region's workers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download_key: Option<String>,
+    /// Keys (id -> hex, at least 32 bytes) that sign the messages between the scheduler
+    /// and this region's workers, both ways (HMAC-SHA256). Every listed key verifies;
+    /// `message_key_id` names the one that signs. Rotate by adding a key, switching the
+    /// id, then removing the old key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub message_keys: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_key_id: Option<String>,
 }
 
 impl RegionConfig {
     /// Where the store's objects live (see [`StoreIdentity`]); `None` without a store URL.
+    /// The region's message keys, when it has them (see `signing`).
+    pub fn message_keys(&self) -> Option<crate::signing::MessageKeys> {
+        crate::signing::MessageKeys::new(&self.message_keys, self.message_key_id.as_deref())
+    }
+
     pub fn store_identity(&self) -> Option<Result<StoreIdentity, String>> {
         self.store
             .as_deref()
@@ -237,6 +250,8 @@ impl TenantStore {
             receipt_key: None,
             receipt_public_key: None,
             download_key: None,
+            message_keys: BTreeMap::new(),
+            message_key_id: None,
         }
     }
 }
@@ -332,6 +347,12 @@ impl Config {
                         ));
                     }
                 }
+            }
+            let signing_id = region.message_key_id.as_deref();
+            if let Err(reason) =
+                crate::signing::MessageKeys::check(&region.message_keys, signing_id)
+            {
+                return Err(invalid(format!("regions.{id}.message_keys"), reason));
             }
             if let Some(key) = &region.download_key {
                 let long_enough = hex::decode(key).is_ok_and(|key| key.len() >= 16);

@@ -134,6 +134,10 @@ error_codes! {
     InternalError = "internal_error", http 200, Abort;
     /// A message that could not be read (content type, schema version, JSON): dead-lettered.
     MalformedMessage = "malformed_message", http 200, Abort;
+    /// A message between the scheduler and a region without a valid signature of the
+    /// region's message key (unsigned, tampered, or an unknown key): dead-lettered or
+    /// dropped, nothing written, nothing relayed.
+    BadSignature = "bad_signature", http 200, Abort;
     /// The job was delivered more often than `limits.delivery_limit` without finishing: dead-lettered.
     DeliveryLimitReached = "delivery_limit_reached", http 200, Abort;
     /// A worker's report on a job the control plane did not route that way (unknown id,

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod privacy;
 pub mod result;
 pub mod secrets;
+pub mod signing;
 pub mod stores;
 pub mod time;
 pub mod topology;

@@ -86,6 +86,9 @@ impl Config {
             {
                 *secret = REDACTED.to_string();
             }
+            for key in region.message_keys.values_mut() {
+                *key = REDACTED.to_string();
+            }
         }
         for tenant in config.tenants.values_mut() {
             for store in tenant.stores.values_mut() {
@@ -111,6 +114,8 @@ impl Config {
                 other.amqp_url = None;
                 other.receipt_key = None;
                 other.download_key = None;
+                other.message_keys.clear();
+                other.message_key_id = None;
                 strip_secret_options(&mut other.store_options);
             }
         }
@@ -157,6 +162,13 @@ impl Config {
                 .is_some_and(|k| k.starts_with(DEMO_KEY_MARK))
             {
                 fields.push(format!("regions.{id}.download_key"));
+            }
+            if region
+                .message_keys
+                .values()
+                .any(|k| k.starts_with(DEMO_KEY_MARK))
+            {
+                fields.push(format!("regions.{id}.message_keys"));
             }
         }
         let demo_hashes: Vec<String> = DEMO_API_KEYS.iter().map(|k| hash_api_key(k)).collect();
@@ -240,8 +252,8 @@ mod tests {
     fn the_example_configs_demo_secrets_are_found() {
         let demo = Config::from_toml_str(EXAMPLE).unwrap().demo_secrets();
         // The pseudonymisation key, the operators' key, three tenants' API keys, and
-        // three regions' receipt and download keys.
-        assert_eq!(demo.len(), 11, "{demo:?}");
+        // three regions' receipt, download and message keys.
+        assert_eq!(demo.len(), 14, "{demo:?}");
         assert!(demo.contains(&"tenants.demo-eu.api_key_sha256".to_string()));
     }
 }

@@ -32,6 +32,9 @@ pub const CONTENT_TYPE: &str = "application/json";
 pub const SCHEMA_HEADER: &str = "locality-schema";
 /// Header with the tenant, so a message whose body cannot be read still gets a result.
 pub const TENANT_HEADER: &str = "locality-tenant";
+/// `KEY_ID:HEX`: the region's message key's HMAC over the tenant header and the body
+/// (see `signing`).
+pub const SIGNATURE_HEADER: &str = "locality-signature";
 /// Which delivery of a job this is (1 = first), counted by Locality itself: a worker
 /// that gives a job back after a transient failure publishes a copy with this raised.
 pub const ATTEMPT_HEADER: &str = "locality-attempt";

@@ -21,13 +21,14 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use locality_broker::{
-    confirm_channel, json_properties, publish_confirmed, settle, short, with_text_header,
-    BrokerError, Link,
+    confirm_channel, json_properties, publish_confirmed, settle, short, text_header,
+    with_text_header, BrokerError, Link,
 };
 use locality_proto::gdpr::{PurgeBatch, RegionRequest};
+use locality_proto::signing::MessageKeys;
 use locality_proto::topology::{
     events_queue, jobs_queue, CONTENT_TYPE, CONTROL_ROUTING_KEY, DEAD_LETTER_EXCHANGE,
-    JOBS_EXCHANGE, RESULTS_EXCHANGE, SUBMIT_QUEUE, TENANT_HEADER,
+    JOBS_EXCHANGE, RESULTS_EXCHANGE, SIGNATURE_HEADER, SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{
     ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId, TenantId,
@@ -121,20 +122,33 @@ impl ResultSink for AmqpResults {
 pub struct AmqpRegion {
     region: RegionId,
     url: String,
+    /// Signs what the scheduler sends the region; verifies what the region reports.
+    keys: MessageKeys,
     jobs: PublishSlot,
     connected: Arc<AtomicBool>,
     depth: [AtomicUsize; 2],
 }
 
 impl AmqpRegion {
-    pub fn new(region: RegionId, url: String) -> Arc<Self> {
+    pub fn new(region: RegionId, url: String, keys: MessageKeys) -> Arc<Self> {
         Arc::new(Self {
             region,
             url,
+            keys,
             jobs: PublishSlot::default(),
             connected: Arc::new(AtomicBool::new(false)),
             depth: [AtomicUsize::new(0), AtomicUsize::new(0)],
         })
+    }
+
+    fn signed(
+        &self,
+        properties: BasicProperties,
+        tenant: &TenantId,
+        payload: &[u8],
+    ) -> BasicProperties {
+        let signature = self.keys.sign(tenant.as_str(), payload);
+        with_text_header(properties, SIGNATURE_HEADER, &signature)
     }
 
     fn unavailable(&self, err: impl ToString) -> DispatchError {
@@ -152,6 +166,7 @@ impl JobDispatch for AmqpRegion {
             let payload = serde_json::to_vec(&job).expect("job messages serialise");
             let properties =
                 job_properties(&job.tenant, &job.job_id, job.correlation_id.as_deref());
+            let properties = self.signed(properties, &job.tenant, &payload);
             publish_confirmed(
                 &channel,
                 JOBS_EXCHANGE,
@@ -170,6 +185,7 @@ impl JobDispatch for AmqpRegion {
             let channel = self.jobs.get().map_err(|e| self.unavailable(e))?;
             let payload = serde_json::to_vec(&request).expect("requests serialise");
             let properties = job_properties(request.tenant(), &request.id(), None);
+            let properties = self.signed(properties, request.tenant(), &payload);
             publish_confirmed(
                 &channel,
                 JOBS_EXCHANGE,
@@ -475,6 +491,26 @@ async fn relay_event(
     shutdown: &CancellationToken,
 ) {
     let what = format!("job event from region {region}");
+    // Only what the region's key signed is a report of the region's.
+    let keys = control
+        .config()
+        .regions
+        .get(region)
+        .and_then(|region| region.message_keys());
+    let tenant_header = text_header(&delivery.properties, TENANT_HEADER).unwrap_or_default();
+    let signature = text_header(&delivery.properties, SIGNATURE_HEADER);
+    let verified = match &keys {
+        Some(keys) => keys
+            .verify(signature.as_deref(), &tenant_header, &delivery.data)
+            .map_err(|err| err.to_string()),
+        None => Err(format!("region {region} has no message keys")),
+    };
+    if let Err(reason) = verified {
+        tracing::warn!(%region, %reason, "a job event without the region's signature: refused, not relayed");
+        control.count_refusal(ErrorCode::BadSignature);
+        settle::dead_letter(&delivery, &what).await;
+        return;
+    }
     let event: WorkerEvent = match serde_json::from_slice(&delivery.data) {
         Ok(event) => event,
         Err(err) => {

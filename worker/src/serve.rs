@@ -46,6 +46,8 @@ pub enum Received {
 /// A message that could not be read as a job (content type, schema version, JSON).
 #[derive(Debug)]
 pub struct Unreadable {
+    /// `malformed_message`, or `bad_signature` for a message the region's key did not sign.
+    pub code: ErrorCode,
     pub reason: String,
     /// Whose it is, when its headers say (the scheduler sets them): it then gets a
     /// failed result; otherwise it can only be dead-lettered.
@@ -213,7 +215,7 @@ async fn handle<D: Delivery, E: EventSink>(
             return handle_request(context, events, *request, attempt, delivery).await;
         }
         Received::Unreadable(unreadable) => {
-            tracing::warn!(%region, reason = %unreadable.reason, "unreadable job message: dead-lettered");
+            tracing::warn!(%region, code = %unreadable.code, reason = %unreadable.reason, "unreadable job message: dead-lettered");
             let result = unreadable.result(region);
             return finish(
                 context,
@@ -390,7 +392,7 @@ impl Unreadable {
             region.clone(),
             JobOutcome::Failed,
             JobError::new(
-                ErrorCode::MalformedMessage,
+                self.code,
                 format!("{}; moved to the dead-letter queue", self.reason),
             ),
             self.correlation_id,

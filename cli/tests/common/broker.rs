@@ -189,3 +189,22 @@ pub fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     }
     table
 }
+
+/// `properties` with the signature of `region`'s current message key over `tenant` and
+/// `body`, as the scheduler (to a region) or the region's workers (to the scheduler) sign.
+pub fn signed(
+    config: &locality_proto::Config,
+    region: &str,
+    tenant: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> BasicProperties {
+    let keys = config.regions[&RegionId::new(region).unwrap()]
+        .message_keys()
+        .expect("the region has message keys");
+    locality_broker::with_text_header(
+        properties,
+        locality_proto::topology::SIGNATURE_HEADER,
+        &keys.sign(tenant, body),
+    )
+}

@@ -189,6 +189,18 @@ impl Cluster {
         wait_ready(&self.http, &url, &self.workers[region]).await;
     }
 
+    /// The `/metrics` text of the first scheduler.
+    pub async fn scheduler_metrics(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .expect("the scheduler answers /metrics");
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     /// Waits until the first scheduler's `/readyz` says its links are up.
     pub async fn wait_ready(&self) {
         wait_ready(&self.http, &self.base_url, &self.schedulers[0]).await;

@@ -19,14 +19,18 @@ use lapin::{Channel, Connection, Consumer};
 use locality_broker::publish::own_headers;
 use locality_broker::{
     confirm_channel, json_properties, number_header, publish_confirmed, settle, text_header,
-    with_number_header, BrokerError, Link,
+    with_number_header, with_text_header, BrokerError, Link,
 };
 use locality_proto::gdpr::RegionRequest;
+use locality_proto::signing::MessageKeys;
 use locality_proto::topology::{
     control_queue, jobs_queue, sweep_lock_queue, ATTEMPT_HEADER, CONTENT_TYPE,
-    DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
+    DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, SIGNATURE_HEADER,
+    TENANT_HEADER,
 };
-use locality_proto::{JobMessage, Priority, RegionId, TenantId, WorkerEvent, ENVELOPE_VERSION};
+use locality_proto::{
+    ErrorCode, JobMessage, Priority, RegionId, TenantId, WorkerEvent, ENVELOPE_VERSION,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::WorkerContext;
@@ -41,6 +45,7 @@ use crate::serve::{
 pub async fn run_amqp(
     context: Arc<WorkerContext>,
     url: String,
+    keys: MessageKeys,
     slots: usize,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -52,13 +57,23 @@ pub async fn run_amqp(
         name,
         connected,
         shutdown.clone(),
-        |connection, link| session(context.clone(), connection, slots, link, shutdown.clone()),
+        |connection, link| {
+            session(
+                context.clone(),
+                keys.clone(),
+                connection,
+                slots,
+                link,
+                shutdown.clone(),
+            )
+        },
     )
     .await;
 }
 
 async fn session(
     context: Arc<WorkerContext>,
+    keys: MessageKeys,
     connection: Arc<Connection>,
     slots: usize,
     link: Link,
@@ -67,7 +82,10 @@ async fn session(
     let region = context.region().clone();
     let setup = connection.create_channel().await?;
     locality_broker::topology::declare_region(&setup, &region, &context.limits).await?;
-    let events = Arc::new(AmqpEvents(confirm_channel(&connection).await?));
+    let events = Arc::new(AmqpEvents {
+        channel: confirm_channel(&connection).await?,
+        keys: keys.clone(),
+    });
     let retries = confirm_channel(&connection).await?;
     let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
     let (control_channel, control) =
@@ -91,6 +109,7 @@ async fn session(
 
     let source = AmqpSource {
         region: region.clone(),
+        keys,
         control,
         interactive,
         batch,
@@ -107,7 +126,7 @@ async fn session(
         &control_channel,
         &interactive_channel,
         &batch_channel,
-        &events.0,
+        &events.channel,
         &retries,
         &setup,
     ] {
@@ -143,6 +162,8 @@ async fn consumer(
 /// The region's control queue and two priority queues.
 struct AmqpSource {
     region: RegionId,
+    /// The region's message keys: what the scheduler did not sign is not acted on.
+    keys: MessageKeys,
     control: Consumer,
     interactive: Consumer,
     batch: Consumer,
@@ -179,7 +200,7 @@ impl JobSource for AmqpSource {
                 .unwrap_or(0)
         };
         Some(Incoming {
-            received: read_message(&message, is_request),
+            received: read_message(&message, is_request, &self.keys),
             attempt: count(ATTEMPT_HEADER).max(1),
             returned_unsettled: count(DELIVERY_COUNT_HEADER),
             delivery: AmqpDelivery {
@@ -263,8 +284,12 @@ impl Delivery for AmqpDelivery {
     }
 }
 
-/// Job events on the region's `locality.events`, confirmed by the broker.
-struct AmqpEvents(Channel);
+/// Job events on the region's `locality.events`, signed with the region's message key
+/// and confirmed by the broker.
+struct AmqpEvents {
+    channel: Channel,
+    keys: MessageKeys,
+}
 
 /// The region's sweep, held: the exclusive queue `locality.sweep.REGION` on the region's
 /// vhost (the broker lets one connection hold it and frees it when that connection
@@ -280,6 +305,7 @@ impl SweepLock {
     pub async fn take(
         url: &str,
         region: &RegionId,
+        keys: &MessageKeys,
         limits: &locality_proto::limits::Limits,
     ) -> Result<Option<Self>, BrokerError> {
         let connection = locality_broker::connect(url, &format!("locality-sweep-{region}")).await?;
@@ -309,7 +335,10 @@ impl SweepLock {
             }
             Err(err) => return Err(err.into()),
         }
-        let events = AmqpEvents(confirm_channel(&connection).await?);
+        let events = AmqpEvents {
+            channel: confirm_channel(&connection).await?,
+            keys: keys.clone(),
+        };
         Ok(Some(Self {
             events,
             connection: Arc::new(connection),
@@ -338,14 +367,14 @@ impl EventSink for SweepLock {
 impl EventSink for AmqpEvents {
     async fn publish(&self, event: WorkerEvent) -> Result<(), TransportError> {
         let payload = serde_json::to_vec(&event).expect("events serialise");
-        let published = publish_confirmed(
-            &self.0,
-            EVENTS_EXCHANGE,
-            "",
-            &payload,
-            json_properties(ENVELOPE_VERSION),
-        )
-        .await;
+        let tenant = event.tenant_and_region().0.as_str();
+        let properties = with_text_header(
+            with_text_header(json_properties(ENVELOPE_VERSION), TENANT_HEADER, tenant),
+            SIGNATURE_HEADER,
+            &self.keys.sign(tenant, &payload),
+        );
+        let published =
+            publish_confirmed(&self.channel, EVENTS_EXCHANGE, "", &payload, properties).await;
         if let Err(err) = &published {
             tracing::warn!(error = %err, "could not publish a job event");
         }
@@ -354,10 +383,11 @@ impl EventSink for AmqpEvents {
 }
 
 /// The job (or, from the control queue, the request) in a delivery, or why it cannot be read.
-fn read_message(message: &AmqpMessage, is_request: bool) -> Received {
+fn read_message(message: &AmqpMessage, is_request: bool, keys: &MessageKeys) -> Received {
     let properties = &message.properties;
-    let unreadable = |reason: String| {
+    let refused = |code: ErrorCode, reason: String| {
         Received::Unreadable(Unreadable {
+            code,
             reason,
             tenant: text_header(properties, TENANT_HEADER).and_then(|t| TenantId::new(t).ok()),
             job_id: properties
@@ -370,6 +400,12 @@ fn read_message(message: &AmqpMessage, is_request: bool) -> Received {
                 .map(|id| id.to_string()),
         })
     };
+    let unreadable = |reason: String| refused(ErrorCode::MalformedMessage, reason);
+    let tenant = text_header(properties, TENANT_HEADER).unwrap_or_default();
+    let signature = text_header(properties, SIGNATURE_HEADER);
+    if let Err(err) = keys.verify(signature.as_deref(), &tenant, &message.data) {
+        return refused(ErrorCode::BadSignature, format!("refused: {err}"));
+    }
     match properties.content_type().as_ref().map(|t| t.as_str()) {
         Some(CONTENT_TYPE) => {}
         other => return unreadable(format!("content type {other:?} is not {CONTENT_TYPE:?}")),
