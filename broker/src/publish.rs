@@ -16,6 +16,32 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerE
     Ok(channel)
 }
 
+/// `properties` with the tenant header and the region's signature over it and `payload`:
+/// how the scheduler and a region's workers send each other messages.
+pub fn signed(
+    properties: BasicProperties,
+    keys: &locality_proto::signing::MessageKeys,
+    tenant: &str,
+    payload: &[u8],
+) -> BasicProperties {
+    use locality_proto::topology::{SIGNATURE_HEADER, TENANT_HEADER};
+    let properties = with_text_header(properties, TENANT_HEADER, tenant);
+    with_text_header(properties, SIGNATURE_HEADER, &keys.sign(tenant, payload))
+}
+
+/// Whether a received message carries the region's signature over its tenant header
+/// and body.
+pub fn verify_signed(
+    keys: &locality_proto::signing::MessageKeys,
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<(), locality_proto::signing::SignatureError> {
+    use locality_proto::topology::{SIGNATURE_HEADER, TENANT_HEADER};
+    let tenant = text_header(properties, TENANT_HEADER).unwrap_or_default();
+    let signature = text_header(properties, SIGNATURE_HEADER);
+    keys.verify(signature.as_deref(), &tenant, body)
+}
+
 /// Properties of every message Locality publishes: JSON, persistent, schema version header.
 pub fn json_properties(schema: u32) -> BasicProperties {
     with_number_header(

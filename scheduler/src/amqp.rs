@@ -21,14 +21,14 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use locality_broker::{
-    confirm_channel, json_properties, publish_confirmed, settle, short, text_header,
+    confirm_channel, json_properties, publish_confirmed, settle, short, signed, verify_signed,
     with_text_header, BrokerError, Link,
 };
 use locality_proto::gdpr::{PurgeBatch, RegionRequest};
 use locality_proto::signing::MessageKeys;
 use locality_proto::topology::{
     events_queue, jobs_queue, CONTENT_TYPE, CONTROL_ROUTING_KEY, DEAD_LETTER_EXCHANGE,
-    JOBS_EXCHANGE, RESULTS_EXCHANGE, SIGNATURE_HEADER, SUBMIT_QUEUE, TENANT_HEADER,
+    JOBS_EXCHANGE, RESULTS_EXCHANGE, SUBMIT_QUEUE, TENANT_HEADER,
 };
 use locality_proto::{
     ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Priority, Refusal, RegionId, TenantId,
@@ -141,16 +141,6 @@ impl AmqpRegion {
         })
     }
 
-    fn signed(
-        &self,
-        properties: BasicProperties,
-        tenant: &TenantId,
-        payload: &[u8],
-    ) -> BasicProperties {
-        let signature = self.keys.sign(tenant.as_str(), payload);
-        with_text_header(properties, SIGNATURE_HEADER, &signature)
-    }
-
     fn unavailable(&self, err: impl ToString) -> DispatchError {
         DispatchError {
             region: self.region.to_string(),
@@ -166,7 +156,7 @@ impl JobDispatch for AmqpRegion {
             let payload = serde_json::to_vec(&job).expect("job messages serialise");
             let properties =
                 job_properties(&job.tenant, &job.job_id, job.correlation_id.as_deref());
-            let properties = self.signed(properties, &job.tenant, &payload);
+            let properties = signed(properties, &self.keys, job.tenant.as_str(), &payload);
             publish_confirmed(
                 &channel,
                 JOBS_EXCHANGE,
@@ -185,7 +175,7 @@ impl JobDispatch for AmqpRegion {
             let channel = self.jobs.get().map_err(|e| self.unavailable(e))?;
             let payload = serde_json::to_vec(&request).expect("requests serialise");
             let properties = job_properties(request.tenant(), &request.id(), None);
-            let properties = self.signed(properties, request.tenant(), &payload);
+            let properties = signed(properties, &self.keys, request.tenant().as_str(), &payload);
             publish_confirmed(
                 &channel,
                 JOBS_EXCHANGE,
@@ -445,10 +435,9 @@ async fn region_session(
             }
         }
     });
-    let id = region.region.clone();
     let outcome = deliveries(events, one_lane, &link, &shutdown, |delivery| {
-        let (control, id, shutdown) = (control.clone(), id.clone(), shutdown.clone());
-        async move { relay_event(&control, &id, delivery, &shutdown).await }
+        let (control, region, shutdown) = (control.clone(), region.clone(), shutdown.clone());
+        async move { relay_event(&control, &region, delivery, &shutdown).await }
     })
     .await;
     polling.cancel();
@@ -486,27 +475,15 @@ async fn poll_queue_depth(region: &AmqpRegion, setup: &Channel) {
 /// scheduler receives it.
 async fn relay_event(
     control: &Control,
-    region: &RegionId,
+    link: &AmqpRegion,
     delivery: Delivery,
     shutdown: &CancellationToken,
 ) {
+    let region = &link.region;
     let what = format!("job event from region {region}");
     // Only what the region's key signed is a report of the region's.
-    let keys = control
-        .config()
-        .regions
-        .get(region)
-        .and_then(|region| region.message_keys());
-    let tenant_header = text_header(&delivery.properties, TENANT_HEADER).unwrap_or_default();
-    let signature = text_header(&delivery.properties, SIGNATURE_HEADER);
-    let verified = match &keys {
-        Some(keys) => keys
-            .verify(signature.as_deref(), &tenant_header, &delivery.data)
-            .map_err(|err| err.to_string()),
-        None => Err(format!("region {region} has no message keys")),
-    };
-    if let Err(reason) = verified {
-        tracing::warn!(%region, %reason, "a job event without the region's signature: refused, not relayed");
+    if let Err(reason) = verify_signed(&link.keys, &delivery.properties, &delivery.data) {
+        tracing::warn!(%region, reason = %reason, "a job event without the region's signature: refused, not relayed");
         control.count_refusal(ErrorCode::BadSignature);
         settle::dead_letter(&delivery, &what).await;
         return;

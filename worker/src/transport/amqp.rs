@@ -18,15 +18,14 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use locality_broker::publish::own_headers;
 use locality_broker::{
-    confirm_channel, json_properties, number_header, publish_confirmed, settle, text_header,
-    with_number_header, with_text_header, BrokerError, Link,
+    confirm_channel, json_properties, number_header, publish_confirmed, settle, signed,
+    text_header, verify_signed, with_number_header, BrokerError, Link,
 };
 use locality_proto::gdpr::RegionRequest;
 use locality_proto::signing::MessageKeys;
 use locality_proto::topology::{
     control_queue, jobs_queue, sweep_lock_queue, ATTEMPT_HEADER, CONTENT_TYPE,
-    DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, SIGNATURE_HEADER,
-    TENANT_HEADER,
+    DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE, RETRY_EXCHANGE, SCHEMA_HEADER, TENANT_HEADER,
 };
 use locality_proto::{
     ErrorCode, JobMessage, Priority, RegionId, TenantId, WorkerEvent, ENVELOPE_VERSION,
@@ -368,10 +367,11 @@ impl EventSink for AmqpEvents {
     async fn publish(&self, event: WorkerEvent) -> Result<(), TransportError> {
         let payload = serde_json::to_vec(&event).expect("events serialise");
         let tenant = event.tenant_and_region().0.as_str();
-        let properties = with_text_header(
-            with_text_header(json_properties(ENVELOPE_VERSION), TENANT_HEADER, tenant),
-            SIGNATURE_HEADER,
-            &self.keys.sign(tenant, &payload),
+        let properties = signed(
+            json_properties(ENVELOPE_VERSION),
+            &self.keys,
+            tenant,
+            &payload,
         );
         let published =
             publish_confirmed(&self.channel, EVENTS_EXCHANGE, "", &payload, properties).await;
@@ -401,9 +401,7 @@ fn read_message(message: &AmqpMessage, is_request: bool, keys: &MessageKeys) -> 
         })
     };
     let unreadable = |reason: String| refused(ErrorCode::MalformedMessage, reason);
-    let tenant = text_header(properties, TENANT_HEADER).unwrap_or_default();
-    let signature = text_header(properties, SIGNATURE_HEADER);
-    if let Err(err) = keys.verify(signature.as_deref(), &tenant, &message.data) {
+    if let Err(err) = verify_signed(keys, properties, &message.data) {
         return refused(ErrorCode::BadSignature, format!("refused: {err}"));
     }
     match properties.content_type().as_ref().map(|t| t.as_str()) {
