@@ -6,6 +6,7 @@ mod config;
 mod distributed;
 mod embedded;
 mod progress;
+mod report;
 mod rights;
 mod shutdown;
 mod sweep;
@@ -85,6 +86,10 @@ enum Command {
     /// each key as a purge event (`--dry-run`: list only). Workers also sweep on their
     /// own every retention.sweep_interval_seconds; one sweep per region runs at a time.
     Sweep(sweep::SweepArgs),
+    /// Reports from the regions' records of processing: `report residency --tenant T
+    /// --since DATE` says where a tenant's data was processed and stored, per day, and
+    /// checks every job was recorded exactly once, in its own region.
+    Report(report::ReportArgs),
     /// Print fresh receipt and download keys for a region, as TOML.
     Keygen(rights::KeygenArgs),
     /// Print the resolved configuration (defaults, file and environment merged) as TOML,
@@ -122,6 +127,7 @@ fn main() -> Result<()> {
         }
         Command::Keygen(args) => rights::keygen(args),
         Command::Sweep(args) => sweep::run(config::load(path, Source::FileOrEnvironment)?, args),
+        Command::Report(args) => report::run(config::load(path, Source::FileOrExample)?, args),
         Command::PrintConfig => {
             let config = config::load(path, Source::FileOrExample)?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);

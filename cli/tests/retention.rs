@@ -180,4 +180,31 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
     };
     assert_eq!(announced.len(), 3, "one purge event per key: {announced:?}");
     assert_eq!(announced.into_iter().collect::<BTreeSet<_>>(), expiring);
+
+    // The region's record of processing has its own retention (400 days by default),
+    // and the sweep above is in it.
+    let records: BTreeSet<String> = cluster.audit_keys("eu").await.into_iter().collect();
+    let expired_records = records.iter().filter(|k| k.contains("/expired/")).count();
+    assert_eq!(expired_records, 1, "one record of the sweep: {records:?}");
+    let in_401_days = rfc3339(now_millis() + 401 * 86_400_000);
+    let dry = report(
+        &sweep(&cluster, &in_401_days, &["--dry-run"])
+            .wait_with_output()
+            .unwrap(),
+    )
+    .expect("a report");
+    assert_eq!(dry["audit_records_expired"], records.len(), "{dry}");
+    let swept = report(
+        &sweep(&cluster, &in_401_days, &[])
+            .wait_with_output()
+            .unwrap(),
+    )
+    .expect("a report");
+    assert_eq!(swept["audit_records_expired"], records.len(), "{swept}");
+    let left: BTreeSet<String> = cluster.audit_keys("eu").await.into_iter().collect();
+    assert!(left.is_disjoint(&records), "old records left: {left:?}");
+    assert!(
+        !left.is_empty() && left.iter().all(|k| k.contains("/expired/")),
+        "only this sweep's own records: {left:?}"
+    );
 }

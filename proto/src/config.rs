@@ -35,12 +35,15 @@ pub struct Config {
 pub struct RetentionConfig {
     /// Seconds between sweeps of a region's store by its workers (one at a time).
     pub sweep_interval_seconds: u64,
+    /// Days each region keeps its record of processing (the `.audit/` area).
+    pub audit_retention_days: u32,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             sweep_interval_seconds: 3600,
+            audit_retention_days: 400,
         }
     }
 }
@@ -465,6 +468,12 @@ impl Config {
         if self.retention.sweep_interval_seconds == 0 {
             return Err(invalid(
                 "retention.sweep_interval_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.retention.audit_retention_days == 0 {
+            return Err(invalid(
+                "retention.audit_retention_days",
                 "must be at least 1",
             ));
         }

@@ -14,7 +14,9 @@
 //! - [`stores`]: where a store's objects really live, to keep regions' stores apart.
 //! - [`topology`]: names of exchanges, queues and headers.
 //! - [`privacy`]: API key hashing and client IP pseudonymisation.
+//! - [`audit`]: each region's record of processing and the residency cross-check.
 
+pub mod audit;
 pub mod config;
 pub mod envelope;
 pub mod error_code;

@@ -9,6 +9,7 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
+use locality_proto::audit::AuditKind;
 use locality_proto::gdpr::{
     download_link, exports_prefix, EraseRequest, ErasureProgress, ErasureReceipt, ErasureScope,
     ExportArchive, ExportReport, ExportRequest, ManifestEntry, PurgeBatch, PurgeReason, Tombstone,
@@ -20,6 +21,7 @@ use locality_proto::{ErrorCode, JobMessage, TenantId, WorkerEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::audit::Entry;
 use crate::job::{JobFailure, WorkerContext};
 use crate::serve::EventSink;
 use crate::store::{RegionStore, StoreError};
@@ -167,6 +169,22 @@ pub async fn erase<E: EventSink>(
             context.metrics.erased(batch.len());
         }
     }
+    let subject = match &request.scope {
+        ErasureScope::Subject { subject } | ErasureScope::Asset { subject, .. } => Some(subject),
+        ErasureScope::Tenant => None,
+    };
+    context
+        .audit
+        .record(Entry {
+            kind: AuditKind::Erased,
+            id: request.erasure_id.to_string(),
+            tenant,
+            objects: tally.objects,
+            bytes: tally.bytes,
+            outcome: None,
+            subject: subject.map(String::as_str),
+        })
+        .await?;
     let receipt = ErasureReceipt {
         erasure_id: request.erasure_id,
         tenant: tenant.clone(),
@@ -235,6 +253,18 @@ pub async fn export<E: EventSink>(
     } else {
         None
     };
+    context
+        .audit
+        .record(Entry {
+            kind: AuditKind::Exported,
+            id: request.export_id.to_string(),
+            tenant,
+            objects: manifest.len() as u64,
+            bytes: manifest.iter().map(|entry| entry.bytes).sum(),
+            outcome: None,
+            subject: Some(&request.subject),
+        })
+        .await?;
     tracing::info!(export_id = %request.export_id, %tenant, objects = manifest.len(), "export done in this region");
     let report = ExportReport {
         export_id: request.export_id,

@@ -29,6 +29,7 @@ use locality_proto::{Config, ErrorCode, RegionId, TenantId};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use crate::audit::AuditLog;
 use crate::store::{RegionStores, StoreError, StreamError};
 
 /// How long an upload waits for a free slot before it is told to come back.
@@ -38,6 +39,7 @@ const SLOT_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Uploads {
     stores: RegionStores,
+    audit: AuditLog,
     slots: Arc<Semaphore>,
     idle_timeout: Duration,
 }
@@ -53,6 +55,7 @@ enum Cut {
 impl Uploads {
     pub fn new(stores: RegionStores, config: &Config) -> Self {
         Self {
+            audit: AuditLog::new(&stores, config),
             stores,
             slots: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
             idle_timeout: Duration::from_secs(config.limits.upload_idle_timeout_seconds),
@@ -143,6 +146,18 @@ impl Uploads {
             })?;
         if written == 0 {
             return Err(empty());
+        }
+        // Keys are laid out by the caller with the tenant first; recorded before the
+        // upload is answered, so every stored original is in the region's record.
+        let tenant = object_key
+            .split('/')
+            .next()
+            .and_then(|t| TenantId::new(t).ok());
+        if let Some(tenant) = tenant {
+            self.audit
+                .original_stored(&tenant, object_key, written)
+                .await
+                .map_err(store_failure)?;
         }
         Ok(written)
     }

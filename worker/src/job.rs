@@ -12,6 +12,7 @@ use locality_proto::{
     RegionId, StageTimings, TenantId, ENVELOPE_VERSION,
 };
 
+use crate::audit::AuditLog;
 use crate::budget::MemoryBudget;
 use crate::cpu::run_on_pool;
 use crate::metrics::{RegionMetrics, Stage};
@@ -32,6 +33,8 @@ pub struct WorkerContext {
     pub cpu_pool: Arc<rayon::ThreadPool>,
     pub budget: MemoryBudget,
     pub metrics: RegionMetrics,
+    /// The region's record of processing.
+    pub audit: AuditLog,
 }
 
 impl WorkerContext {
@@ -60,6 +63,7 @@ impl WorkerContext {
             .as_deref()
             .and_then(|k| hex::decode(k).ok());
         Self {
+            audit: AuditLog::new(&stores, config),
             budget: MemoryBudget::new(limits.worker_memory_budget),
             metrics: metrics.for_region(stores.region()),
             stores,

@@ -8,9 +8,11 @@
 //! - [`pipeline`]: decode, orient, colour, resize, encode (pure CPU work).
 //! - [`store`]: the region's object store.
 //! - [`gdpr`]: erasure (tombstones, receipts, purge events) and export in the region.
+//! - [`audit`]: the region's record of processing, written as it works, and its summary.
 //! - [`ingest`]: the worker's HTTP endpoint (uploads, export downloads, health, metrics).
 //! - [`budget`], [`cpu`], [`metrics`]: the pixel budget, the rayon hand-off, metrics.
 
+pub mod audit;
 pub mod budget;
 pub mod cpu;
 pub mod gdpr;

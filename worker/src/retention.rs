@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use locality_proto::audit::{tenant_audit_prefix, AuditKind};
 use locality_proto::gdpr::{PurgeBatch, PurgeReason, EXPORT_LIFETIME_DAYS};
 use locality_proto::keys::{classify, tenant_prefix, StoredKind};
 use locality_proto::time::{now_millis, Millis};
@@ -19,6 +20,7 @@ use locality_proto::{Config, TenantConfig, TenantId, WorkerEvent};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Entry;
 use crate::job::WorkerContext;
 use crate::serve::{EventSink, TransportError};
 use crate::store::StoreError;
@@ -45,6 +47,9 @@ pub struct SweepReport {
     pub expired_bytes: u64,
     /// Objects deleted and announced.
     pub deleted: u64,
+    /// Records of processing past `retention.audit_retention_days` (deleted, unless a
+    /// dry run; not announced: they are the operator's, not the tenant's data).
+    pub audit_records_expired: u64,
     pub dry_run: bool,
     /// The sweep's clock (Unix ms).
     pub as_of_ms: Millis,
@@ -100,7 +105,12 @@ pub async fn sweep<E: EventSink>(
         as_of_ms,
         ..SweepReport::default()
     };
+    let sweep_id = uuid::Uuid::new_v4().to_string();
+    let audit_lifetime = Millis::from(config.retention.audit_retention_days) * DAY_MS;
     for (done, (id, tenant)) in tenants.iter().enumerate() {
+        report.audit_records_expired +=
+            expire_audit(context, id, as_of_ms - audit_lifetime, dry_run).await?;
+        let deleted_before = report.deleted;
         let prefix = tenant_prefix(id);
         let store = context.stores().for_key(&prefix);
         let objects = store.list(&prefix).await?;
@@ -115,7 +125,7 @@ pub async fn sweep<E: EventSink>(
             })
             .collect();
         report.expired += expired.len() as u64;
-        report.expired_bytes += expired.iter().map(|object| object.size).sum::<u64>();
+        report.expired_bytes += expired_bytes(&expired);
         if !dry_run {
             for batch in expired.chunks(BATCH) {
                 let deletions = batch
@@ -143,6 +153,21 @@ pub async fn sweep<E: EventSink>(
                 });
             }
         }
+        let (deleted, bytes) = (report.deleted - deleted_before, expired_bytes(&expired));
+        if deleted > 0 {
+            context
+                .audit
+                .record(Entry {
+                    kind: AuditKind::Expired,
+                    id: sweep_id.clone(),
+                    tenant: id,
+                    objects: deleted,
+                    bytes,
+                    outcome: None,
+                    subject: None,
+                })
+                .await?;
+        }
         progress(&SweepProgress {
             tenant: id,
             tenants_done: done + 1,
@@ -151,6 +176,35 @@ pub async fn sweep<E: EventSink>(
         });
     }
     Ok(report)
+}
+
+fn expired_bytes(objects: &[object_store::ObjectMeta]) -> u64 {
+    objects.iter().map(|object| object.size).sum()
+}
+
+/// Deletes `tenant`'s records of processing written before `cutoff_ms`; returns how many.
+async fn expire_audit(
+    context: &WorkerContext,
+    tenant: &TenantId,
+    cutoff_ms: Millis,
+    dry_run: bool,
+) -> Result<u64, StoreError> {
+    let store = context.audit.store();
+    let old: Vec<_> = store
+        .list(&tenant_audit_prefix(tenant))
+        .await?
+        .into_iter()
+        .filter(|record| record.last_modified.timestamp_millis() <= cutoff_ms)
+        .collect();
+    if !dry_run {
+        for batch in old.chunks(BATCH) {
+            let deletions = batch
+                .iter()
+                .map(|record| store.delete(record.location.as_ref()));
+            futures::future::try_join_all(deletions).await?;
+        }
+    }
+    Ok(old.len() as u64)
 }
 
 /// Sweeps the region every `interval` until `shutdown`, on the real clock, whenever

@@ -11,7 +11,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use locality_proto::audit::AuditKind;
 use locality_proto::gdpr::RegionRequest;
+use locality_proto::keys::subject_and_asset_of_original;
 use locality_proto::time::now_millis;
 use locality_proto::{
     ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Recovery, RegionId, TenantId,
@@ -22,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::audit::Entry;
 use crate::job::{failure_result, process_job, JobFailure, WorkerContext};
 
 /// A transport could not do what was asked (the broker went away, a publish was refused).
@@ -217,6 +220,7 @@ async fn handle<D: Delivery, E: EventSink>(
         Received::Unreadable(unreadable) => {
             tracing::warn!(%region, code = %unreadable.code, reason = %unreadable.reason, "unreadable job message: dead-lettered");
             let result = unreadable.result(region);
+            // Nothing of it was read as a job: nothing to record as processed.
             return finish(
                 context,
                 events,
@@ -224,6 +228,7 @@ async fn handle<D: Delivery, E: EventSink>(
                 Verdict::Unreadable,
                 attempt,
                 result,
+                None,
             )
             .await;
         }
@@ -237,7 +242,7 @@ async fn handle<D: Delivery, E: EventSink>(
                 format!("came back unsettled {returned_unsettled} times (limit {limit}): not run again; dead-lettered"),
             );
             let result = failure_result(&message, region, &failure);
-            return finish(context, events, delivery, Verdict::ReturnedTooOften, attempt, Some(result)).await;
+            return finish(context, events, delivery, Verdict::ReturnedTooOften, attempt, Some(result), Some(&message)).await;
         }
         let started = WorkerEvent::Started {
             job_id: message.job_id,
@@ -257,7 +262,7 @@ async fn handle<D: Delivery, E: EventSink>(
                 (verdict, failure_result(&message, region, &failure))
             }
         };
-        finish(context, events, delivery, verdict, attempt, Some(result)).await;
+        finish(context, events, delivery, verdict, attempt, Some(result), Some(&message)).await;
     }
     .instrument(span)
     .await
@@ -313,7 +318,10 @@ async fn handle_request<D: Delivery, E: EventSink>(
     .await
 }
 
-/// Settles a delivery as [`settle`] decides, reporting its result first unless it is retried.
+/// Settles a delivery as [`settle`] decides, reporting its result first unless it is
+/// retried. A job's result is recorded in the region's audit before it is reported, so
+/// every reported job is in the record of the region that ran it.
+#[allow(clippy::too_many_arguments)]
 async fn finish<D: Delivery, E: EventSink>(
     context: &WorkerContext,
     events: &E,
@@ -321,6 +329,7 @@ async fn finish<D: Delivery, E: EventSink>(
     verdict: Verdict,
     attempt: u32,
     result: Option<JobResult>,
+    message: Option<&JobMessage>,
 ) {
     let disposition = settle(attempt, context.limits.delivery_limit, verdict);
     let code = result
@@ -348,6 +357,12 @@ async fn finish<D: Delivery, E: EventSink>(
         }
         let outcome = result.outcome;
         result.finished_at_ms = Some(now_millis());
+        if let Some(message) = message {
+            if let Err(err) = audit_job(context, message, &result).await {
+                tracing::warn!(error = %err, "could not record the job in the region's audit");
+                return release(delivery).await;
+            }
+        }
         match &result.error {
             None => tracing::info!(attempt, "job succeeded"),
             Some(error) => {
@@ -373,6 +388,30 @@ async fn finish<D: Delivery, E: EventSink>(
     if let Err(err) = settled {
         tracing::warn!(error = %err, ?disposition, "could not settle a delivery; it will be delivered again");
     }
+}
+
+async fn audit_job(
+    context: &WorkerContext,
+    message: &JobMessage,
+    result: &JobResult,
+) -> Result<(), crate::store::StoreError> {
+    let outcome = match &result.error {
+        None => "succeeded",
+        Some(error) => error.code.as_str(),
+    };
+    let subject = subject_and_asset_of_original(&message.source_key, &message.tenant);
+    context
+        .audit
+        .record(Entry {
+            kind: AuditKind::JobProcessed,
+            id: message.job_id.to_string(),
+            tenant: &message.tenant,
+            objects: result.outputs.len() as u64,
+            bytes: result.outputs.iter().map(|output| output.bytes).sum(),
+            outcome: Some(outcome.to_string()),
+            subject: subject.map(|(subject, _)| subject),
+        })
+        .await
 }
 
 async fn release<D: Delivery>(delivery: D) {

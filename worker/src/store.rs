@@ -14,7 +14,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::prefix::PrefixStore;
 use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig, WriteMultipart,
+    ObjectMeta, ObjectStore, ObjectStoreScheme, PutMode, PutPayload, RetryConfig, WriteMultipart,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,11 @@ impl RegionStores {
 
     pub fn region(&self) -> &RegionId {
         self.default.region()
+    }
+
+    /// The region's own store, which holds its record of processing.
+    pub fn own(&self) -> &RegionStore {
+        &self.default
     }
 
     /// The store holding `key`: its tenant's own bucket in this region if it brought one
@@ -371,6 +376,29 @@ impl RegionStore {
                 .await
                 .map(|_| ())
                 .map_err(|e| self.backend(key, e))
+        })
+        .await
+    }
+
+    /// Writes a small object only if nothing is at `key` yet (append-only records).
+    /// Returns whether this call wrote it. Stores without conditional writes overwrite,
+    /// which for a record keyed by its own id writes the same facts again.
+    pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        with_retries(self.attempts, || async {
+            let payload = PutPayload::from_bytes(bytes.clone());
+            match self
+                .inner
+                .put_opts(&path, payload, PutMode::Create.into())
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+                Err(
+                    object_store::Error::NotImplemented | object_store::Error::NotSupported { .. },
+                ) => self.put(key, bytes.clone()).await.map(|()| true),
+                Err(e) => Err(self.backend(key, e)),
+            }
         })
         .await
     }

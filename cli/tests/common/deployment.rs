@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use locality_proto::audit::AUDIT_PREFIX;
 use locality_proto::gdpr::PurgeBatch;
 use serde_json::Value;
 
@@ -20,8 +21,21 @@ pub trait Deployment {
     /// Stores an original for `tenant` as a client of this deployment does, with the
     /// upload's query (`?region=&subject=&asset=`, or empty); asserts 201.
     async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>);
+    /// Every object key in a region's store, the region's record of processing
+    /// (`.audit/`) aside.
+    async fn objects(&self, region: &str) -> Vec<String> {
+        let mut keys = self.stored_keys(region).await;
+        keys.retain(|key| !key.starts_with(AUDIT_PREFIX));
+        keys
+    }
+    /// The keys of the region's record of processing.
+    async fn audit_keys(&self, region: &str) -> Vec<String> {
+        let mut keys = self.stored_keys(region).await;
+        keys.retain(|key| key.starts_with(AUDIT_PREFIX));
+        keys
+    }
     /// Every object key in a region's store.
-    async fn objects(&self, region: &str) -> Vec<String>;
+    async fn stored_keys(&self, region: &str) -> Vec<String>;
     /// An object's bytes in a region's store.
     async fn object(&self, region: &str, key: &str) -> Vec<u8>;
     /// Every object key anywhere the deployment could have written: every bucket this test
@@ -174,7 +188,7 @@ impl Deployment for Embedded {
         assert_eq!(status, 201, "upload: {}", response.text().await.unwrap());
     }
 
-    async fn objects(&self, region: &str) -> Vec<String> {
+    async fn stored_keys(&self, region: &str) -> Vec<String> {
         match store_objects(&self.config, region).await {
             Some(keys) => keys,
             None => super::files_under(&self.region_dir(region)),
@@ -270,7 +284,7 @@ impl Deployment for Cluster {
         assert_eq!(status, 201, "upload: {}", response.text().await.unwrap());
     }
 
-    async fn objects(&self, region: &str) -> Vec<String> {
+    async fn stored_keys(&self, region: &str) -> Vec<String> {
         store_objects(&self.config, region)
             .await
             .expect("every region of a cluster has an S3 store")

@@ -74,6 +74,22 @@ pub struct JobRecord {
     pub created_at_millis: Millis,
 }
 
+impl JobRecord {
+    /// Whether a worker of its region reported the job's result. The one finished job
+    /// the control plane reports itself, `region_unavailable`, never reached the region.
+    pub fn finished_in_region(&self) -> bool {
+        let finished = matches!(
+            self.status,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Refused
+        );
+        let failed_here = self
+            .error
+            .as_ref()
+            .is_some_and(|error| error.code == ErrorCode::RegionUnavailable);
+        finished && !failed_here
+    }
+}
+
 /// A job to record before it is dispatched.
 pub struct NewJob {
     pub message: JobMessage,

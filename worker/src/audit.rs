@@ -1,0 +1,167 @@
+//! The region's record of processing ([`locality_proto::audit`]): written into the
+//! region's own store as its workers settle jobs, receive originals, erase, expire and
+//! export; read back per tenant as counts per day for `locality report residency`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use locality_proto::audit::{
+    audit_key_from_receipt_seed, subject_pseudonym, tenant_audit_prefix, AuditKind, AuditRecord,
+    RegionSummary,
+};
+use locality_proto::keys::{subject_and_asset_of_original, NO_SUBJECT};
+use locality_proto::time::{now_millis, rfc3339, Millis};
+use locality_proto::{Config, TenantId};
+
+use crate::store::{RegionStore, RegionStores, StoreError};
+
+/// Records read at once when summarising.
+const READS_AT_ONCE: usize = 16;
+/// Records are filtered by their own time; the store's modification time, which can
+/// only be later, narrows what is read, with a day's slack for clocks.
+const SLACK_MS: Millis = 86_400_000;
+
+/// One thing the region did, to be recorded.
+pub struct Entry<'a> {
+    pub kind: AuditKind,
+    pub id: String,
+    pub tenant: &'a TenantId,
+    pub objects: u64,
+    pub bytes: u64,
+    pub outcome: Option<String>,
+    /// The data subject in the clear; only its keyed hash is written.
+    pub subject: Option<&'a str>,
+}
+
+/// Appends records to the region's own store (never a tenant's own bucket: the record
+/// is the operator's).
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    store: RegionStore,
+    worker: Arc<str>,
+    subject_key: Option<Arc<[u8]>>,
+}
+
+/// `HOST:PID`: which worker process wrote a record (the pod's name under Kubernetes).
+fn worker_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("{host}:{}", std::process::id())
+}
+
+impl AuditLog {
+    pub fn new(stores: &RegionStores, config: &Config) -> Self {
+        // The receipt key was checked when the configuration was validated.
+        let subject_key = config.regions[stores.region()]
+            .receipt_key
+            .as_deref()
+            .and_then(|seed| hex::decode(seed).ok())
+            .map(|seed| Arc::from(audit_key_from_receipt_seed(&seed)));
+        Self {
+            store: stores.own().clone(),
+            worker: Arc::from(worker_identity()),
+            subject_key,
+        }
+    }
+
+    /// Writes the record of `entry` unless one with its id is there already.
+    pub async fn record(&self, entry: Entry<'_>) -> Result<(), StoreError> {
+        let at_ms = now_millis();
+        let subject =
+            entry
+                .subject
+                .filter(|s| *s != NO_SUBJECT)
+                .map(|subject| match &self.subject_key {
+                    Some(key) => subject_pseudonym(key, subject),
+                    // Without a region key a subject is only counted, never named.
+                    None => "unkeyed".to_string(),
+                });
+        let record = AuditRecord {
+            kind: entry.kind,
+            id: entry.id,
+            tenant: entry.tenant.clone(),
+            region: self.store.region().clone(),
+            worker: self.worker.to_string(),
+            at_ms,
+            at: rfc3339(at_ms),
+            objects: entry.objects,
+            bytes: entry.bytes,
+            outcome: entry.outcome,
+            subject,
+        };
+        let body = serde_json::to_vec(&record).expect("an audit record serialises");
+        self.store.put_new(&record.key(), Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    /// Records that `object_key`, an original of `tenant`, was stored.
+    pub async fn original_stored(
+        &self,
+        tenant: &TenantId,
+        object_key: &str,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        let subject = subject_and_asset_of_original(object_key, tenant).map(|(s, _)| s);
+        self.record(Entry {
+            kind: AuditKind::OriginalStored,
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant,
+            objects: 1,
+            bytes,
+            outcome: None,
+            subject,
+        })
+        .await
+    }
+
+    pub fn store(&self) -> &RegionStore {
+        &self.store
+    }
+}
+
+/// What this region's record says about `tenant` from `since_ms` on. `progress` gets
+/// (records read, records to read) as it goes.
+pub async fn summarise(
+    store: &RegionStore,
+    tenant: &TenantId,
+    since_ms: Millis,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<RegionSummary, StoreError> {
+    let listed = store.list(&tenant_audit_prefix(tenant)).await?;
+    let candidates: Vec<String> = listed
+        .into_iter()
+        .filter(|object| object.last_modified.timestamp_millis() >= since_ms - SLACK_MS)
+        .map(|object| object.location.to_string())
+        .collect();
+    let total = candidates.len();
+    progress(0, total);
+    let mut summary = RegionSummary::new(store.region().clone());
+    let mut reads = futures::stream::iter(candidates)
+        .map(|key| async move {
+            let body = store.get(&key).await;
+            (key, body)
+        })
+        .buffer_unordered(READS_AT_ONCE);
+    let mut read = 0;
+    while let Some((key, body)) = reads.next().await {
+        read += 1;
+        match serde_json::from_slice::<AuditRecord>(&body?) {
+            Ok(record) if record.at_ms >= since_ms => summary.add(tenant, &key, &record),
+            Ok(_) => {}
+            // Not a record Locality wrote: counted as one that does not belong.
+            Err(_) => summary.foreign_records.push(key),
+        }
+        if read % 100 == 0 || read == total {
+            progress(read, total);
+        }
+    }
+    Ok(summary)
+}
