@@ -33,11 +33,15 @@ async fn batch_of_jobs(
     outputs: serde_json::Value,
 ) -> BTreeSet<String> {
     let photo = small_photo();
+    let keys: Vec<String> = numbers.map(|n| format!("{prefix}/{n}.jpg")).collect();
+    for key in &keys {
+        cluster.upload(tenant, key, photo.clone()).await;
+    }
+    // Submitted after every upload, quickly, so the jobs wait in a backlog that a fault
+    // can meet mid-run.
     let mut ids = BTreeSet::new();
-    for n in numbers {
-        let key = format!("{prefix}/{n}.jpg");
-        cluster.upload(tenant, &key, photo.clone()).await;
-        let envelope = envelope(tenant, &key, "batch", outputs.clone());
+    for key in &keys {
+        let envelope = envelope(tenant, key, "batch", outputs.clone());
         ids.insert(cluster.submit_retrying(tenant, &envelope).await);
     }
     ids

@@ -43,6 +43,7 @@ struct Vecs {
     erased: IntCounterVec,
     expired_objects: IntCounterVec,
     expired_bytes: IntCounterVec,
+    unrecorded_jobs: IntCounterVec,
 }
 
 /// The metric families, registered once per process; each region's worker records
@@ -144,6 +145,11 @@ impl WorkerMetrics {
                 "Bytes deleted by the retention sweep",
                 &["region"],
             ),
+            unrecorded_jobs: counter(
+                "locality_worker_unrecorded_jobs_total",
+                "Failed jobs reported without a record of processing (the store refused it)",
+                &["region"],
+            ),
         };
         Self(Arc::new(vecs))
     }
@@ -167,6 +173,7 @@ impl WorkerMetrics {
             &vecs.erased,
             &vecs.expired_objects,
             &vecs.expired_bytes,
+            &vecs.unrecorded_jobs,
         ] {
             counter.with_label_values(&[id]);
         }
@@ -282,6 +289,13 @@ impl RegionMetrics {
             .erased
             .with_label_values(&[&self.region])
             .inc_by(objects as u64);
+    }
+
+    pub fn unrecorded_job(&self) {
+        self.vecs
+            .unrecorded_jobs
+            .with_label_values(&[&self.region])
+            .inc();
     }
 
     pub fn expired(&self, objects: usize, bytes: u64) {

@@ -359,8 +359,15 @@ async fn finish<D: Delivery, E: EventSink>(
         result.finished_at_ms = Some(now_millis());
         if let Some(message) = message {
             if let Err(err) = audit_job(context, message, &result).await {
-                tracing::warn!(error = %err, "could not record the job in the region's audit");
-                return release(delivery).await;
+                // Outputs were written, so the record must be too: the job runs again.
+                // A failure (often the store itself being down) is still reported, or
+                // it would never be; the residency report names it as not recorded.
+                if verdict == Verdict::Succeeded {
+                    tracing::warn!(error = %err, "could not record the job in the region's record of processing");
+                    return release(delivery).await;
+                }
+                tracing::warn!(error = %err, "could not record the failed job in the region's record of processing; reporting it without");
+                context.metrics.unrecorded_job();
             }
         }
         match &result.error {
