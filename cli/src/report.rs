@@ -96,6 +96,8 @@ struct CrossCheck {
     /// `jobs.retention_days`.
     checked_from: String,
     jobs_audited: usize,
+    /// Audited jobs whose control-plane records were removed by an erasure since.
+    jobs_erased_since: usize,
     discrepancies: Vec<Discrepancy>,
 }
 
@@ -175,7 +177,7 @@ fn residency(config: Config, args: ResidencyArgs) -> Result<()> {
             .jobs
             .retain(|_, job| job.first_at_ms >= checked_from);
     }
-    let discrepancies = cross_check(&summaries, &unavailable, &control);
+    let checked = cross_check(&summaries, &unavailable, &control);
     let mut by_region = BTreeMap::new();
     for job in control.iter().filter(|job| job.finished_in_region) {
         *by_region.entry(job.region.clone()).or_default() += 1;
@@ -195,10 +197,11 @@ fn residency(config: Config, args: ResidencyArgs) -> Result<()> {
             by_region,
         },
         cross_check: CrossCheck {
-            ok: discrepancies.is_empty(),
+            ok: checked.discrepancies.is_empty(),
             checked_from: rfc3339(checked_from),
             jobs_audited: summaries.iter().map(|s| s.jobs.len()).sum(),
-            discrepancies,
+            jobs_erased_since: checked.erased_jobs.len(),
+            discrepancies: checked.discrepancies,
         },
         regions,
         tenant,
@@ -346,8 +349,8 @@ fn print_table(report: &ResidencyReport) {
     let check = &report.cross_check;
     if check.ok {
         println!(
-            "Cross-check with the control plane (jobs since {}): {} jobs finished in their region, each audited exactly once, in its own region: OK",
-            check.checked_from, report.control_plane.finished_in_region
+            "Cross-check with the control plane (jobs since {}): {} jobs finished in their region, each recorded exactly once, in its own region ({} more recorded, of erased data): OK",
+            check.checked_from, report.control_plane.finished_in_region, check.jobs_erased_since
         );
     } else {
         println!(

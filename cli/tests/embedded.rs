@@ -140,13 +140,15 @@ async fn each_tenant_output_lands_only_in_its_region_with_the_requested_sizes() 
             640
         );
     }
-    // Every file in a region's directory belongs to the tenant pinned there, and nothing else.
+    // Every file in a region's directory belongs to the tenant pinned there, and nothing
+    // else; so does every record of the region's record of processing.
     for region in REGIONS {
         let files = files_under(&embedded.region_dir(region));
         assert!(!files.is_empty(), "region {region} has no files");
         for file in files {
             assert!(
-                file.starts_with(&format!("demo-{region}/")),
+                file.starts_with(&format!("demo-{region}/"))
+                    || file.starts_with(&format!(".audit/v1/demo-{region}/")),
                 "{file} found in region {region}"
             );
         }

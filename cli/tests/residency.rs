@@ -14,7 +14,7 @@ use common::cluster::{Cluster, ClusterSpec};
 use common::config::region;
 use common::deployment::Deployment;
 use common::results::all_reported;
-use common::{envelope, small_photo, thumb};
+use common::{api_key, envelope, small_photo, thumb};
 use locality_broker::{json_properties, with_text_header};
 use locality_proto::audit::{day_of, AuditRecord};
 use locality_proto::time::now_millis;
@@ -86,7 +86,18 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
     let broken = envelope(TENANT, "report/broken.jpg", "batch", thumb());
     let failed_job = cluster.submit_retrying(TENANT, &broken).await;
     ca_jobs.insert(failed_job.clone());
-    let mut all_jobs = ca_jobs.clone();
+    // Two more of one data subject's, erased later.
+    let mut subject_jobs = BTreeSet::new();
+    for n in 0..2 {
+        let key = format!("subject/{n}.jpg");
+        cluster
+            .upload_with(TENANT, &key, "?subject=user-7", small_photo())
+            .await;
+        let mut job = envelope(TENANT, &key, "batch", thumb());
+        job["subject"] = json!("user-7");
+        subject_jobs.insert(cluster.submit_retrying(TENANT, &job).await);
+    }
+    let mut all_jobs: BTreeSet<String> = ca_jobs.union(&subject_jobs).cloned().collect();
     for n in 0..2 {
         let key = format!("other/{n}.jpg");
         cluster.upload("demo-eu", &key, small_photo()).await;
@@ -95,7 +106,7 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
     }
     cluster
         .results
-        .wait_until("eight results", Duration::from_secs(90), |seen| {
+        .wait_until("ten results", Duration::from_secs(90), |seen| {
             all_reported(seen, &all_jobs)
         })
         .await;
@@ -138,7 +149,7 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
     );
     assert_eq!(
         job_records(&cluster.audit_keys("ca").await, TENANT).len(),
-        6,
+        8,
         "one record per ca job"
     );
     assert!(job_records(&cluster.audit_keys("eu").await, TENANT).is_empty());
@@ -163,19 +174,76 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         .iter()
         .find(|r| r["region"] == "ca")
         .unwrap();
-    assert_eq!(ca["totals"]["job_processed"]["records"], 6, "{report:#}");
-    assert_eq!(ca["totals"]["job_processed"]["objects"], 5, "{report:#}");
-    assert_eq!(ca["totals"]["original_stored"]["records"], 6, "{report:#}");
+    assert_eq!(ca["totals"]["job_processed"]["records"], 8, "{report:#}");
+    assert_eq!(ca["totals"]["job_processed"]["objects"], 7, "{report:#}");
+    assert_eq!(ca["totals"]["original_stored"]["records"], 8, "{report:#}");
     for other in report["regions"].as_array().unwrap() {
         if other["region"] != "ca" {
             assert_eq!(other["used"], false, "{report:#}");
         }
     }
-    assert_eq!(report["control_plane"]["finished_in_region"], 6);
-    assert_eq!(report["cross_check"]["jobs_audited"], 6);
+    assert_eq!(report["control_plane"]["finished_in_region"], 8);
+    assert_eq!(report["cross_check"]["jobs_audited"], 8);
     assert_eq!(report["cross_check"]["discrepancies"], json!([]));
     assert!(table.contains("Processed or stored in: ca\n"), "{table}");
     assert!(table.contains(": OK"), "{table}");
+
+    // Erasing the subject removes her job records from the control plane; ca's record
+    // keeps her jobs (as keyed hashes) and the erasure, which explains them.
+    let erasure: Value = cluster
+        .http
+        .delete(format!("{}/v1/subjects/user-7", cluster.base_url))
+        .bearer_auth(api_key(TENANT))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status_url = format!(
+        "{}/v1/erasures/{}",
+        cluster.base_url,
+        erasure["erasure_id"].as_str().expect("an erasure id")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view: Value = cluster
+            .http
+            .get(&status_url)
+            .bearer_auth(api_key(TENANT))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["status"] == "done" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the erasure never finished: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, report, _) = residency(&cluster, TENANT);
+    assert!(ok, "{report:#}");
+    assert_eq!(
+        report["control_plane"]["finished_in_region"], 6,
+        "{report:#}"
+    );
+    assert_eq!(report["cross_check"]["jobs_erased_since"], 2, "{report:#}");
+    let ca = report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "ca")
+        .unwrap();
+    assert_eq!(ca["totals"]["erased"]["records"], 1, "{report:#}");
+    assert_eq!(
+        ca["totals"]["erased"]["objects"], 4,
+        "two originals, two outputs"
+    );
 
     // By hand: a copy of one ca job's record put into eu's store.
     let forged = cluster.object("ca", &record_key).await;

@@ -238,6 +238,40 @@ async fn locality_up_passes_the_same_erasure_scenario_and_its_cli_exports_erases
         }
     }
     assert!(records > 0, "the regions recorded nothing");
+    // `locality up`'s residency report (SQLite control store, local stores): every job
+    // of the run is recorded in its region, and the erasures explain why the control
+    // plane no longer has their records.
+    let today = locality_proto::audit::day_of(locality_proto::time::now_millis());
+    let data_dir = embedded.data_dir.path().to_str().unwrap().to_string();
+    let config_path = embedded.data_dir.path().join("locality.toml");
+    let output = locality(&[
+        "--config",
+        config_path.to_str().unwrap(),
+        "report",
+        "residency",
+        "--tenant",
+        TENANT,
+        "--since",
+        &today,
+        "--data-dir",
+        &data_dir,
+        "--json",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["used_regions"],
+        serde_json::json!(["ca", "eu"]),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["cross_check"]["discrepancies"],
+        serde_json::json!([])
+    );
+    assert!(
+        report["cross_check"]["jobs_erased_since"].as_u64().unwrap() >= 12,
+        "{report:#}"
+    );
     let receipt: Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
     assert!(
         receipt["objects_deleted"].as_u64().unwrap() >= 8,

@@ -61,7 +61,8 @@ async fn outputs_land_only_in_the_tenants_region_bucket() {
             .collect();
         for key in &keys {
             assert!(
-                key.starts_with(&format!("demo-{id}/")),
+                key.starts_with(&format!("demo-{id}/"))
+                    || key.starts_with(&format!(".audit/v1/demo-{id}/")),
                 "{key} found in bucket {} of region {id}",
                 buckets.bucket(id)
             );
@@ -292,7 +293,25 @@ async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
     assert_eq!(own.len(), 2, "original and output of demo-eu: {own:?}");
     assert!(own.iter().all(|k| k.starts_with("demo-eu/")), "{own:?}");
     assert!(own.iter().any(|k| k.ends_with("/outputs/thumb.webp")));
+    // The region's own bucket holds only its record of processing (the operator's),
+    // never the tenant's files.
     let region_bucket = buckets.list("eu").await;
-    assert!(region_bucket.is_empty(), "{region_bucket:?}");
-    assert_eq!(buckets.list("ca").await.len(), 2);
+    assert!(
+        region_bucket
+            .iter()
+            .all(|k| k.starts_with(".audit/v1/demo-eu/")),
+        "{region_bucket:?}"
+    );
+    assert_eq!(
+        region_bucket.len(),
+        2,
+        "the upload and the job: {region_bucket:?}"
+    );
+    let ca_files: Vec<String> = buckets
+        .list("ca")
+        .await
+        .into_iter()
+        .filter(|k| !k.starts_with(".audit/"))
+        .collect();
+    assert_eq!(ca_files.len(), 2);
 }

@@ -16,7 +16,7 @@
 //! dot), so erasing a tenant leaves its record of processing, which holds nothing that
 //! identifies a person.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,12 @@ pub struct AuditRecord {
     /// The data subject, as [`subject_pseudonym`] with the region's audit key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The asset, as [`asset_pseudonym`] with the region's audit key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    /// What an erasure covered: `tenant`, `subject` or `asset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 impl AuditRecord {
@@ -123,6 +129,16 @@ pub fn subject_pseudonym(audit_key: &[u8], subject: &str) -> String {
     format!("s1-{}", hex::encode(&mac.finalize().into_bytes()[..16]))
 }
 
+/// A keyed hash of an asset of a subject (`_` for none), like [`subject_pseudonym`].
+pub fn asset_pseudonym(audit_key: &[u8], subject: &str, asset: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(audit_key).expect("HMAC takes keys of any length");
+    mac.update(b"locality-audit-asset-v1\n");
+    mac.update(subject.as_bytes());
+    mac.update(b"\n");
+    mac.update(asset.as_bytes());
+    format!("a1-{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+}
+
 /// The key for [`subject_pseudonym`], derived from the region's receipt key seed (a
 /// secret only the region holds), so the control plane cannot link audit pseudonyms.
 pub fn audit_key_from_receipt_seed(seed: &[u8]) -> Vec<u8> {
@@ -148,6 +164,8 @@ pub struct RegionSummary {
     pub days: BTreeMap<String, BTreeMap<AuditKind, Counts>>,
     /// Every job id found in this region's audit.
     pub jobs: BTreeMap<String, AuditedJob>,
+    /// Erasures recorded here: audited jobs they cover may be gone from the control plane.
+    pub erasures: Vec<ErasureSeen>,
     /// Records in this region's store that name another region or tenant: a record
     /// put there by hand, or a store shared by mistake.
     pub foreign_records: Vec<String>,
@@ -159,6 +177,7 @@ impl RegionSummary {
             region,
             days: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            erasures: Vec::new(),
             foreign_records: Vec::new(),
         }
     }
@@ -177,13 +196,24 @@ impl RegionSummary {
         counts.records += 1;
         counts.objects += record.objects;
         counts.bytes += record.bytes;
-        if record.kind == AuditKind::JobProcessed {
-            let job = self.jobs.entry(record.id.clone()).or_insert(AuditedJob {
-                records: 0,
-                first_at_ms: record.at_ms,
-            });
-            job.records += 1;
-            job.first_at_ms = job.first_at_ms.min(record.at_ms);
+        match record.kind {
+            AuditKind::JobProcessed => {
+                let job = self.jobs.entry(record.id.clone()).or_insert(AuditedJob {
+                    records: 0,
+                    first_at_ms: record.at_ms,
+                    subject: record.subject.clone(),
+                    asset: record.asset.clone(),
+                });
+                job.records += 1;
+                job.first_at_ms = job.first_at_ms.min(record.at_ms);
+            }
+            AuditKind::Erased => self.erasures.push(ErasureSeen {
+                at_ms: record.at_ms,
+                scope: record.scope.clone().unwrap_or_default(),
+                subject: record.subject.clone(),
+                asset: record.asset.clone(),
+            }),
+            _ => {}
         }
     }
 
@@ -204,10 +234,35 @@ impl RegionSummary {
 }
 
 /// How often a region's audit names a job, and since when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditedJob {
     pub records: u64,
     pub first_at_ms: Millis,
+    pub subject: Option<String>,
+    pub asset: Option<String>,
+}
+
+/// An erasure a region recorded: which of its records it explains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureSeen {
+    pub at_ms: Millis,
+    pub scope: String,
+    pub subject: Option<String>,
+    pub asset: Option<String>,
+}
+
+impl ErasureSeen {
+    /// Whether this erasure removed `job`'s records in the control plane (the control
+    /// plane deletes the job records of what it erases; the region's record stays).
+    fn covers(&self, job: &AuditedJob) -> bool {
+        self.at_ms >= job.first_at_ms
+            && match self.scope.as_str() {
+                "tenant" => true,
+                "subject" => self.subject.is_some() && self.subject == job.subject,
+                "asset" => self.asset.is_some() && self.asset == job.asset,
+                _ => false,
+            }
+    }
 }
 
 /// A job as the control plane recorded it, for the cross-check.
@@ -246,15 +301,25 @@ pub enum Discrepancy {
     RegionUnavailable { region: RegionId, reason: String },
 }
 
+/// What the cross-check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CrossChecked {
+    pub discrepancies: Vec<Discrepancy>,
+    /// Audited jobs whose control-plane records an erasure recorded in the same region
+    /// removed since: not discrepancies, and listed so they can be counted.
+    pub erased_jobs: Vec<String>,
+}
+
 /// Checks the regions' summaries against the control plane's jobs: every job that
 /// finished in its region is audited exactly once, in that region, and every audited
-/// job is one the control plane routed there.
+/// job is one the control plane routed there (or one an erasure since removed there).
 pub fn cross_check(
     summaries: &[RegionSummary],
     unavailable: &[(RegionId, String)],
     control: &[ControlJob],
-) -> Vec<Discrepancy> {
+) -> CrossChecked {
     let mut problems = Vec::new();
+    let mut erased_jobs = Vec::new();
     for (region, reason) in unavailable {
         problems.push(Discrepancy::RegionUnavailable {
             region: region.clone(),
@@ -269,41 +334,44 @@ pub fn cross_check(
             });
         }
     }
-    let mut audited: BTreeMap<&str, (u64, BTreeSet<&RegionId>)> = BTreeMap::new();
+    let mut audited: BTreeMap<&str, Vec<(&RegionSummary, &AuditedJob)>> = BTreeMap::new();
     for summary in summaries {
         for (job_id, job) in &summary.jobs {
-            let entry = audited.entry(job_id.as_str()).or_default();
-            entry.0 += job.records;
-            entry.1.insert(&summary.region);
+            audited.entry(job_id).or_default().push((summary, job));
         }
     }
     let by_id: BTreeMap<&str, &ControlJob> = control
         .iter()
         .map(|job| (job.job_id.as_str(), job))
         .collect();
-    for (job_id, (records, regions)) in &audited {
-        if *records > 1 {
+    for (job_id, found) in &audited {
+        let records: u64 = found.iter().map(|(_, job)| job.records).sum();
+        if records > 1 {
             problems.push(Discrepancy::AuditedMoreThanOnce {
                 job_id: job_id.to_string(),
-                records: *records,
-                regions: regions.iter().map(|r| (*r).clone()).collect(),
+                records,
+                regions: found.iter().map(|(s, _)| s.region.clone()).collect(),
             });
         }
         match by_id.get(job_id) {
             None => {
-                for region in regions {
-                    problems.push(Discrepancy::UnknownJob {
-                        job_id: job_id.to_string(),
-                        region: (*region).clone(),
-                    });
+                for (summary, job) in found {
+                    if summary.erasures.iter().any(|erasure| erasure.covers(job)) {
+                        erased_jobs.push(job_id.to_string());
+                    } else {
+                        problems.push(Discrepancy::UnknownJob {
+                            job_id: job_id.to_string(),
+                            region: summary.region.clone(),
+                        });
+                    }
                 }
             }
-            Some(job) => {
-                for region in regions.iter().filter(|r| ***r != job.region) {
+            Some(routed) => {
+                for (summary, _) in found.iter().filter(|(s, _)| s.region != routed.region) {
                     problems.push(Discrepancy::AuditedInAnotherRegion {
                         job_id: job_id.to_string(),
-                        expected: job.region.clone(),
-                        found: (*region).clone(),
+                        expected: routed.region.clone(),
+                        found: summary.region.clone(),
                     });
                 }
             }
@@ -317,7 +385,10 @@ pub fn cross_check(
             });
         }
     }
-    problems
+    CrossChecked {
+        discrepancies: problems,
+        erased_jobs,
+    }
 }
 
 #[cfg(test)]
@@ -340,7 +411,9 @@ mod tests {
             objects: 2,
             bytes: 100,
             outcome: Some("succeeded".into()),
-            subject: None,
+            subject: Some("s1-x".into()),
+            asset: Some("a1-x".into()),
+            scope: None,
         }
     }
 
@@ -393,7 +466,10 @@ mod tests {
         );
         let eu = RegionSummary::new(region("eu"));
         let control = [control_job("j1", "ca"), control_job("j2", "ca")];
-        assert_eq!(cross_check(&[ca, eu], &[], &control), vec![]);
+        assert_eq!(
+            cross_check(&[ca, eu], &[], &control),
+            CrossChecked::default()
+        );
     }
 
     #[test]
@@ -404,7 +480,7 @@ mod tests {
         let mut eu = RegionSummary::new(region("eu"));
         let copied = job_record("j1", &tenant, "ca", 0);
         eu.add(&tenant, &copied.key(), &copied);
-        let problems = cross_check(&[ca, eu], &[], &[control_job("j1", "ca")]);
+        let problems = cross_check(&[ca, eu], &[], &[control_job("j1", "ca")]).discrepancies;
         assert!(problems.contains(&Discrepancy::AuditedInAnotherRegion {
             job_id: "j1".into(),
             expected: region("ca"),
@@ -425,7 +501,8 @@ mod tests {
         let mut queued = control_job("queued", "ca");
         queued.finished_in_region = false;
         let control = [control_job("lost", "ca"), queued];
-        let problems = cross_check(&[ca], &[(region("eu"), "timeout".into())], &control);
+        let problems =
+            cross_check(&[ca], &[(region("eu"), "timeout".into())], &control).discrepancies;
         assert_eq!(
             problems,
             vec![
@@ -443,6 +520,30 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn jobs_an_erasure_covers_may_be_gone_from_the_control_plane() {
+        let tenant = TenantId::new("acme").unwrap();
+        let job = job_record("j1", &tenant, "ca", 10);
+        let mut erasure = job_record("e1", &tenant, "ca", 20);
+        erasure.kind = AuditKind::Erased;
+        erasure.scope = Some("subject".into());
+        let erased = summary_of("ca", &tenant, &[job.clone(), erasure.clone()]);
+        let checked = cross_check(&[erased], &[], &[]);
+        assert_eq!(checked.erased_jobs, vec!["j1".to_string()]);
+        assert!(checked.discrepancies.is_empty(), "{checked:?}");
+        // Another subject's erasure, or one before the job, explains nothing.
+        for (subject, at_ms) in [("s1-other", 20), ("s1-x", 5)] {
+            let mut other = erasure.clone();
+            other.subject = Some(subject.into());
+            other.at_ms = at_ms;
+            other.at = rfc3339(at_ms);
+            let summary = summary_of("ca", &tenant, &[job.clone(), other]);
+            let checked = cross_check(&[summary], &[], &[]);
+            assert!(checked.erased_jobs.is_empty());
+            assert_eq!(checked.discrepancies.len(), 1, "{checked:?}");
+        }
     }
 
     #[test]

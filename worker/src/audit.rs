@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use locality_proto::audit::{
-    audit_key_from_receipt_seed, subject_pseudonym, tenant_audit_prefix, AuditKind, AuditRecord,
-    RegionSummary,
+    asset_pseudonym, audit_key_from_receipt_seed, subject_pseudonym, tenant_audit_prefix,
+    AuditKind, AuditRecord, RegionSummary,
 };
 use locality_proto::keys::{subject_and_asset_of_original, NO_SUBJECT};
 use locality_proto::time::{now_millis, rfc3339, Millis};
@@ -30,8 +30,44 @@ pub struct Entry<'a> {
     pub objects: u64,
     pub bytes: u64,
     pub outcome: Option<String>,
-    /// The data subject in the clear; only its keyed hash is written.
+    /// The data subject (`_` for none) and asset in the clear; only keyed hashes of
+    /// them are written.
     pub subject: Option<&'a str>,
+    pub asset: Option<&'a str>,
+    /// What an erasure covered: `tenant`, `subject` or `asset`.
+    pub scope: Option<&'static str>,
+}
+
+impl<'a> Entry<'a> {
+    /// An entry of `kind` for `tenant` about nobody in particular.
+    pub fn new(kind: AuditKind, id: String, tenant: &'a TenantId) -> Self {
+        Self {
+            kind,
+            id,
+            tenant,
+            objects: 0,
+            bytes: 0,
+            outcome: None,
+            subject: None,
+            asset: None,
+            scope: None,
+        }
+    }
+
+    pub fn counts(mut self, objects: u64, bytes: u64) -> Self {
+        self.objects = objects;
+        self.bytes = bytes;
+        self
+    }
+
+    /// The subject and asset of an original's key, when it is laid out as one.
+    pub fn of_original(mut self, object_key: &'a str) -> Self {
+        if let Some((subject, asset)) = subject_and_asset_of_original(object_key, self.tenant) {
+            self.subject = Some(subject);
+            self.asset = Some(asset);
+        }
+        self
+    }
 }
 
 /// Appends records to the region's own store (never a tenant's own bucket: the record
@@ -75,15 +111,19 @@ impl AuditLog {
     /// Writes the record of `entry` unless one with its id is there already.
     pub async fn record(&self, entry: Entry<'_>) -> Result<(), StoreError> {
         let at_ms = now_millis();
-        let subject =
-            entry
-                .subject
-                .filter(|s| *s != NO_SUBJECT)
-                .map(|subject| match &self.subject_key {
-                    Some(key) => subject_pseudonym(key, subject),
-                    // Without a region key a subject is only counted, never named.
-                    None => "unkeyed".to_string(),
-                });
+        // Without a region key a subject or asset is only counted, never named.
+        let hashed = |hash: &dyn Fn(&[u8]) -> String| match &self.subject_key {
+            Some(key) => hash(key),
+            None => "unkeyed".to_string(),
+        };
+        let subject = entry
+            .subject
+            .filter(|s| *s != NO_SUBJECT)
+            .map(|subject| hashed(&|key| subject_pseudonym(key, subject)));
+        let asset = entry.asset.map(|asset| {
+            let subject = entry.subject.unwrap_or(NO_SUBJECT);
+            hashed(&|key| asset_pseudonym(key, subject, asset))
+        });
         let record = AuditRecord {
             kind: entry.kind,
             id: entry.id,
@@ -96,6 +136,8 @@ impl AuditLog {
             bytes: entry.bytes,
             outcome: entry.outcome,
             subject,
+            asset,
+            scope: entry.scope.map(str::to_string),
         };
         let body = serde_json::to_vec(&record).expect("an audit record serialises");
         self.store.put_new(&record.key(), Bytes::from(body)).await?;
@@ -109,17 +151,11 @@ impl AuditLog {
         object_key: &str,
         bytes: u64,
     ) -> Result<(), StoreError> {
-        let subject = subject_and_asset_of_original(object_key, tenant).map(|(s, _)| s);
-        self.record(Entry {
-            kind: AuditKind::OriginalStored,
-            id: uuid::Uuid::new_v4().to_string(),
-            tenant,
-            objects: 1,
-            bytes,
-            outcome: None,
-            subject,
-        })
-        .await
+        let id = uuid::Uuid::new_v4().to_string();
+        let entry = Entry::new(AuditKind::OriginalStored, id, tenant)
+            .counts(1, bytes)
+            .of_original(object_key);
+        self.record(entry).await
     }
 
     pub fn store(&self) -> &RegionStore {

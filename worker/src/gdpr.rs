@@ -169,22 +169,16 @@ pub async fn erase<E: EventSink>(
             context.metrics.erased(batch.len());
         }
     }
-    let subject = match &request.scope {
-        ErasureScope::Subject { subject } | ErasureScope::Asset { subject, .. } => Some(subject),
-        ErasureScope::Tenant => None,
+    let mut entry = Entry::new(AuditKind::Erased, request.erasure_id.to_string(), tenant)
+        .counts(tally.objects, tally.bytes);
+    (entry.scope, entry.subject, entry.asset) = match &request.scope {
+        ErasureScope::Subject { subject } => (Some("subject"), Some(subject.as_str()), None),
+        ErasureScope::Asset { subject, asset } => {
+            (Some("asset"), Some(subject.as_str()), Some(asset.as_str()))
+        }
+        ErasureScope::Tenant => (Some("tenant"), None, None),
     };
-    context
-        .audit
-        .record(Entry {
-            kind: AuditKind::Erased,
-            id: request.erasure_id.to_string(),
-            tenant,
-            objects: tally.objects,
-            bytes: tally.bytes,
-            outcome: None,
-            subject: subject.map(String::as_str),
-        })
-        .await?;
+    context.audit.record(entry).await?;
     let receipt = ErasureReceipt {
         erasure_id: request.erasure_id,
         tenant: tenant.clone(),
@@ -253,18 +247,11 @@ pub async fn export<E: EventSink>(
     } else {
         None
     };
-    context
-        .audit
-        .record(Entry {
-            kind: AuditKind::Exported,
-            id: request.export_id.to_string(),
-            tenant,
-            objects: manifest.len() as u64,
-            bytes: manifest.iter().map(|entry| entry.bytes).sum(),
-            outcome: None,
-            subject: Some(&request.subject),
-        })
-        .await?;
+    let listed = manifest.iter().map(|entry| entry.bytes).sum();
+    let mut entry = Entry::new(AuditKind::Exported, request.export_id.to_string(), tenant)
+        .counts(manifest.len() as u64, listed);
+    entry.subject = Some(&request.subject);
+    context.audit.record(entry).await?;
     tracing::info!(export_id = %request.export_id, %tenant, objects = manifest.len(), "export done in this region");
     let report = ExportReport {
         export_id: request.export_id,

@@ -155,18 +155,8 @@ pub async fn sweep<E: EventSink>(
         }
         let (deleted, bytes) = (report.deleted - deleted_before, expired_bytes(&expired));
         if deleted > 0 {
-            context
-                .audit
-                .record(Entry {
-                    kind: AuditKind::Expired,
-                    id: sweep_id.clone(),
-                    tenant: id,
-                    objects: deleted,
-                    bytes,
-                    outcome: None,
-                    subject: None,
-                })
-                .await?;
+            let entry = Entry::new(AuditKind::Expired, sweep_id.clone(), id).counts(deleted, bytes);
+            context.audit.record(entry).await?;
         }
         progress(&SweepProgress {
             tenant: id,

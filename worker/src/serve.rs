@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use locality_proto::audit::AuditKind;
 use locality_proto::gdpr::RegionRequest;
-use locality_proto::keys::subject_and_asset_of_original;
 use locality_proto::time::now_millis;
 use locality_proto::{
     ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Recovery, RegionId, TenantId,
@@ -406,19 +405,16 @@ async fn audit_job(
         None => "succeeded",
         Some(error) => error.code.as_str(),
     };
-    let subject = subject_and_asset_of_original(&message.source_key, &message.tenant);
-    context
-        .audit
-        .record(Entry {
-            kind: AuditKind::JobProcessed,
-            id: message.job_id.to_string(),
-            tenant: &message.tenant,
-            objects: result.outputs.len() as u64,
-            bytes: result.outputs.iter().map(|output| output.bytes).sum(),
-            outcome: Some(outcome.to_string()),
-            subject: subject.map(|(subject, _)| subject),
-        })
-        .await
+    let written = result.outputs.iter().map(|output| output.bytes).sum();
+    let mut entry = Entry::new(
+        AuditKind::JobProcessed,
+        message.job_id.to_string(),
+        &message.tenant,
+    )
+    .counts(result.outputs.len() as u64, written)
+    .of_original(&message.source_key);
+    entry.outcome = Some(outcome.to_string());
+    context.audit.record(entry).await
 }
 
 async fn release<D: Delivery>(delivery: D) {
