@@ -389,6 +389,14 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
     let error = seen.result.error.as_ref().unwrap();
     assert_eq!(error.code.as_str(), "store_unavailable", "{error:?}");
     assert!(error.message.contains("after 3 deliveries"), "{error:?}");
+    // The store is down, so its record of processing could not take the failure; the
+    // failure is reported all the same, and counted.
+    let unrecorded = metric_sum(
+        &cluster.worker_metrics("eu").await,
+        "locality_worker_unrecorded_jobs_total",
+        &[("region", "eu")],
+    );
+    assert_eq!(unrecorded, 1.0);
     assert_eq!(
         broker.queue_length("eu", &dead_letter_queue(&eu)).await,
         3,
