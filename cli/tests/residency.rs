@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use common::broker::{publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::config::region;
+use common::database::stored_message;
 use common::deployment::Deployment;
 use common::results::all_reported;
+use common::rights::{request_erasure, wait_done};
 use common::{api_key, envelope, small_photo, thumb};
 use locality_broker::{json_properties, with_text_header};
 use locality_proto::audit::{day_of, AuditRecord};
@@ -44,15 +46,14 @@ fn residency(cluster: &Cluster, tenant: &str) -> (bool, Value, String) {
     (json_run.status.success(), report, table)
 }
 
-/// The job message the control plane stored (and published) for a job.
-async fn stored_message(database_url: &str, job_id: &str) -> Vec<u8> {
-    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
-    let message: String = sqlx::query_scalar("SELECT message FROM jobs WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    message.into_bytes()
+/// A region's part of a residency report.
+fn region_part<'a>(report: &'a Value, region: &str) -> &'a Value {
+    report["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == region)
+        .unwrap_or_else(|| panic!("no part for {region}: {report:#}"))
 }
 
 fn job_records(keys: &[String], tenant: &str) -> Vec<String> {
@@ -168,12 +169,7 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
     assert!(ok, "{report:#}");
     assert_eq!(report["used_regions"], json!(["ca"]), "{report:#}");
     assert_eq!(report["pinned_regions"], json!(["ca"]));
-    let ca = report["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["region"] == "ca")
-        .unwrap();
+    let ca = region_part(&report, "ca");
     assert_eq!(ca["totals"]["job_processed"]["records"], 8, "{report:#}");
     assert_eq!(ca["totals"]["job_processed"]["objects"], 7, "{report:#}");
     assert_eq!(ca["totals"]["original_stored"]["records"], 8, "{report:#}");
@@ -190,42 +186,14 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
 
     // Erasing the subject removes her job records from the control plane; ca's record
     // keeps her jobs (as keyed hashes) and the erasure, which explains them.
-    let erasure: Value = cluster
-        .http
-        .delete(format!("{}/v1/subjects/user-7", cluster.base_url))
-        .bearer_auth(api_key(TENANT))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let status_url = format!(
-        "{}/v1/erasures/{}",
-        cluster.base_url,
-        erasure["erasure_id"].as_str().expect("an erasure id")
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let view: Value = cluster
-            .http
-            .get(&status_url)
-            .bearer_auth(api_key(TENANT))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if view["status"] == "done" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the erasure never finished: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let erasure_id = request_erasure(&cluster, "/v1/subjects/user-7", &api_key(TENANT)).await;
+    wait_done(
+        &cluster,
+        &format!("/v1/erasures/{erasure_id}"),
+        &api_key(TENANT),
+        Duration::from_secs(60),
+    )
+    .await;
     let (ok, report, _) = residency(&cluster, TENANT);
     assert!(ok, "{report:#}");
     assert_eq!(
@@ -233,12 +201,7 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         "{report:#}"
     );
     assert_eq!(report["cross_check"]["jobs_erased_since"], 2, "{report:#}");
-    let ca = report["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["region"] == "ca")
-        .unwrap();
+    let ca = region_part(&report, "ca");
     assert_eq!(ca["totals"]["erased"]["records"], 1, "{report:#}");
     assert_eq!(
         ca["totals"]["erased"]["objects"], 4,

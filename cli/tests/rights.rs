@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::broker::{publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
+use common::database::stored_message;
 use common::deployment::Deployment;
 use common::embedded::Embedded;
 use common::rights::{
@@ -20,17 +21,6 @@ use common::{api_key, config::region};
 use locality_broker::{json_properties, with_text_header};
 use locality_proto::topology::{JOBS_EXCHANGE, TENANT_HEADER};
 use serde_json::Value;
-
-/// The job message the control plane stored (and published) for a job.
-async fn stored_message(database_url: &str, job_id: &str) -> Vec<u8> {
-    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
-    let message: String = sqlx::query_scalar("SELECT message FROM jobs WHERE job_id = $1")
-        .bind(job_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    message.into_bytes()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_a_subject_over_rabbitmq_and_s3_leaves_nothing_blocks_replays_and_waits_for_a_stopped_region(

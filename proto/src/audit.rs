@@ -120,31 +120,40 @@ pub fn day_of(at: Millis) -> String {
     rfc3339(at)[..10].to_string()
 }
 
+/// HMAC-SHA256 of `parts` under `key`.
+fn keyed(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 /// A keyed hash of a subject id: records of one subject can be told apart and counted
 /// in one region, but not read back to the id without the region's key.
 pub fn subject_pseudonym(audit_key: &[u8], subject: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(audit_key).expect("HMAC takes keys of any length");
-    mac.update(b"locality-audit-subject-v1\n");
-    mac.update(subject.as_bytes());
-    format!("s1-{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+    let hash = keyed(
+        audit_key,
+        &[b"locality-audit-subject-v1\n", subject.as_bytes()],
+    );
+    format!("s1-{}", hex::encode(&hash[..16]))
 }
 
 /// A keyed hash of an asset of a subject (`_` for none), like [`subject_pseudonym`].
 pub fn asset_pseudonym(audit_key: &[u8], subject: &str, asset: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(audit_key).expect("HMAC takes keys of any length");
-    mac.update(b"locality-audit-asset-v1\n");
-    mac.update(subject.as_bytes());
-    mac.update(b"\n");
-    mac.update(asset.as_bytes());
-    format!("a1-{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+    let parts: [&[u8]; 4] = [
+        b"locality-audit-asset-v1\n",
+        subject.as_bytes(),
+        b"\n",
+        asset.as_bytes(),
+    ];
+    format!("a1-{}", hex::encode(&keyed(audit_key, &parts)[..16]))
 }
 
 /// The key for [`subject_pseudonym`], derived from the region's receipt key seed (a
 /// secret only the region holds), so the control plane cannot link audit pseudonyms.
 pub fn audit_key_from_receipt_seed(seed: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(seed).expect("HMAC takes keys of any length");
-    mac.update(b"locality-audit-key-v1");
-    mac.finalize().into_bytes().to_vec()
+    keyed(seed, &[b"locality-audit-key-v1"]).to_vec()
 }
 
 /// Counts of one kind of record on one day.

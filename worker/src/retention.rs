@@ -125,7 +125,8 @@ pub async fn sweep<E: EventSink>(
             })
             .collect();
         report.expired += expired.len() as u64;
-        report.expired_bytes += expired_bytes(&expired);
+        let bytes = expired.iter().map(|object| object.size).sum::<u64>();
+        report.expired_bytes += bytes;
         if !dry_run {
             for batch in expired.chunks(BATCH) {
                 let deletions = batch
@@ -153,7 +154,7 @@ pub async fn sweep<E: EventSink>(
                 });
             }
         }
-        let (deleted, bytes) = (report.deleted - deleted_before, expired_bytes(&expired));
+        let deleted = report.deleted - deleted_before;
         if deleted > 0 {
             let entry = Entry::new(AuditKind::Expired, sweep_id.clone(), id).counts(deleted, bytes);
             context.audit.record(entry).await?;
@@ -166,10 +167,6 @@ pub async fn sweep<E: EventSink>(
         });
     }
     Ok(report)
-}
-
-fn expired_bytes(objects: &[object_store::ObjectMeta]) -> u64 {
-    objects.iter().map(|object| object.size).sum()
 }
 
 /// Deletes `tenant`'s records of processing written before `cutoff_ms`; returns how many.

@@ -320,7 +320,6 @@ async fn handle_request<D: Delivery, E: EventSink>(
 /// Settles a delivery as [`settle`] decides, reporting its result first unless it is
 /// retried. A job's result is recorded in the region's audit before it is reported, so
 /// every reported job is in the record of the region that ran it.
-#[allow(clippy::too_many_arguments)]
 async fn finish<D: Delivery, E: EventSink>(
     context: &WorkerContext,
     events: &E,

@@ -41,3 +41,14 @@ pub fn dump(url: &str) -> String {
     );
     String::from_utf8(output.stdout).expect("a text dump")
 }
+
+/// The job message the control plane stored (and published) for a job.
+pub async fn stored_message(database_url: &str, job_id: &str) -> Vec<u8> {
+    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+    let message: String = sqlx::query_scalar("SELECT message FROM jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    message.into_bytes()
+}
