@@ -142,6 +142,14 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         assert!(Instant::now() < deadline, "the replayed job never ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Ran twice, relayed once: the control plane already had its result.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let replayed_set = BTreeSet::from([replayed.clone()]);
+    assert_eq!(
+        cluster.results.count_per_job(&replayed_set).get(&replayed),
+        Some(&1),
+        "the replayed job's result was not published exactly once"
+    );
     let again: AuditRecord =
         serde_json::from_slice(&cluster.object("ca", &record_key).await).unwrap();
     assert_eq!(
