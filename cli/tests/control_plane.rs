@@ -275,14 +275,29 @@ async fn a_tenant_lists_only_its_own_jobs_a_page_at_a_time_across_restarts() {
             .unwrap();
         for job in page["jobs"].as_array().unwrap() {
             assert_eq!(job["tenant"], "demo-sg");
-            listed.push(job["job_id"].as_str().unwrap().to_string());
+            let created = job["created_at"].as_str().unwrap().to_string();
+            listed.push((created, job["job_id"].as_str().unwrap().to_string()));
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
             None => break,
         }
     }
-    assert_eq!(listed, ids, "every job once, oldest first");
+    // Oldest first; jobs created in the same millisecond by id, as the store orders them.
+    let mut in_order = listed.clone();
+    in_order.sort();
+    assert_eq!(listed, in_order, "oldest first");
+    let listed_ids: Vec<String> = listed.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(
+        listed_ids.len(),
+        ids.len(),
+        "every job once: {listed_ids:?}"
+    );
+    assert_eq!(
+        listed_ids.into_iter().collect::<BTreeSet<_>>(),
+        all,
+        "every job once"
+    );
     let bad = embedded
         .http
         .get(format!("{}/v1/jobs?limit=0", embedded.base_url))
