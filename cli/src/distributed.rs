@@ -14,9 +14,11 @@ use locality_proto::{Config, RegionConfig, RegionId};
 use locality_scheduler::amqp::{AmqpRegion, AmqpResults};
 use locality_scheduler::{Control, JobStore, Region, UploadRoute};
 use locality_worker::ingest::{Downloads, IngestState, Uploads};
-use locality_worker::retention::run_periodically;
+use locality_worker::rights::retention::run_periodically;
 use locality_worker::transport::amqp::{run_amqp, SweepLock};
-use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
+use locality_worker::{
+    JobContext, RegionContext, RegionStores, RightsContext, Worker, WorkerMetrics,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args)]
@@ -189,12 +191,13 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         let metrics = WorkerMetrics::register(&registry);
         let config = Arc::new(config);
         let config_for_sweep = config.clone();
-        let context = Arc::new(WorkerContext::new(
-            stores.clone(),
-            &config,
-            cpu_pool,
-            &metrics,
-        ));
+        let region_context = RegionContext::new(stores.clone(), &config, &metrics);
+        // A region that cannot sign its receipts and links serves no rights: refused now,
+        // not at the first erasure.
+        let worker = Arc::new(Worker {
+            jobs: JobContext::new(region_context.clone(), cpu_pool),
+            rights: RightsContext::new(region_context.clone(), &config)?,
+        });
         let shutdown = CancellationToken::new();
         crate::shutdown::on_signal(shutdown.clone());
         let connected = Arc::new(AtomicBool::new(false));
@@ -220,7 +223,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         ));
         // The region's retention sweep, by whichever of its workers holds the lock.
         let sweeper = {
-            let (config, context, url) = (config_for_sweep, context.clone(), url.clone());
+            let (config, context, url) = (config_for_sweep, region_context, url.clone());
             let interval = Duration::from_secs(config.retention.sweep_interval_seconds);
             let (limits, region, keys) = (config.limits, region.clone(), keys.clone());
             tokio::spawn(run_periodically(
@@ -241,7 +244,7 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
                 },
             ))
         };
-        run_amqp(context, url, keys, slots, connected, shutdown).await;
+        run_amqp(worker, url, keys, slots, connected, shutdown).await;
         sweeper.await.context("the retention sweeper failed")?;
         http.await.context("the ingest endpoint failed")??;
         println!("locality worker {region}: stopped");

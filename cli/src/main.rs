@@ -100,6 +100,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    locality_http::install_tls_provider();
     let path = cli.config.as_deref();
     match cli.command {
         Command::Up(args) => embedded::run(config::load(path, Source::FileOrExample)?, args),

@@ -56,6 +56,9 @@ enum EraseWhat {
     },
     /// Everything of a tenant (the operators' key).
     Tenant { tenant: String },
+    /// List the erasures not done yet (the tenant's own; every tenant's with the
+    /// operators' key), each region's state, phase and last error.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -137,17 +140,37 @@ fn mib(bytes: u64) -> String {
 }
 
 fn region_text(part: &Value, what: &str) -> String {
-    match part["status"].as_str().unwrap_or("") {
+    let error = match (
+        part["error"]["code"].as_str(),
+        part["error"]["message"].as_str(),
+    ) {
+        (Some(code), Some(message)) => format!(" (last error: {code}: {message})"),
+        _ => String::new(),
+    };
+    let text = match part["status"].as_str().unwrap_or("") {
         "waiting" => {
             "waiting: the region has not been reached; its part runs when it is back".to_string()
         }
         "sent" => "sent; the region's workers have not reported yet".to_string(),
+        "failed" => format!(
+            "failed; sent again until its deadline, {}",
+            part["deadline"].as_str().unwrap_or("?")
+        ),
         status => format!(
-            "{status}: {} objects, {} {what}",
+            "{status}: {} objects, {} {what}{}{}",
             part["objects_deleted"].as_u64().unwrap_or(0),
             mib(part["bytes_deleted"].as_u64().unwrap_or(0)),
+            match part["phase"].as_str() {
+                Some("complete") | None => String::new(),
+                Some(phase) => format!(" ({phase})"),
+            },
+            match part["objects_kept_newer"].as_u64() {
+                Some(kept) if kept > 0 => format!(", {kept} newer kept"),
+                _ => String::new(),
+            },
         ),
-    }
+    };
+    format!("{text}{error}")
 }
 
 /// Follows a request until every region is done, drawing each region's progress.
@@ -194,6 +217,7 @@ pub fn erase(args: EraseArgs) -> Result<()> {
             EraseWhat::Tenant { tenant } => {
                 (format!("/v1/tenants/{tenant}"), format!("tenant {tenant}"))
             }
+            EraseWhat::Status => return print_open_erasures(&api).await,
         };
         let accepted = api
             .send(api.http.delete(format!("{}{path}", api.url)))
@@ -227,6 +251,31 @@ pub fn erase(args: EraseArgs) -> Result<()> {
     })
 }
 
+/// `locality erase status`: every erasure not done, with each region's part.
+async fn print_open_erasures(api: &Api) -> Result<()> {
+    let listing = api.get("/v1/erasures?status=open&limit=1000").await?;
+    let erasures = listing["erasures"].as_array().cloned().unwrap_or_default();
+    if erasures.is_empty() {
+        println!("no erasure is open");
+        return Ok(());
+    }
+    for erasure in &erasures {
+        println!(
+            "erasure {} of {} ({}), requested {}: {}",
+            erasure["erasure_id"].as_str().unwrap_or("?"),
+            erasure["tenant"].as_str().unwrap_or("?"),
+            erasure["scope"],
+            erasure["requested_at"].as_str().unwrap_or("?"),
+            erasure["status"].as_str().unwrap_or("?"),
+        );
+        for (region, part) in erasure["regions"].as_object().into_iter().flatten() {
+            println!("  {region}: {}", region_text(part, "deleted"));
+        }
+    }
+    println!("{} erasures open", erasures.len());
+    Ok(())
+}
+
 pub fn export(args: ExportArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -245,10 +294,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
             &api,
             &format!("/v1/exports/{export_id}"),
             |part| match part["status"].as_str().unwrap_or("") {
-                "done" => format!(
-                    "done: {} objects",
-                    part["manifest"].as_array().map_or(0, Vec::len)
-                ),
+                "done" => format!("done: {} objects", part["objects"].as_u64().unwrap_or(0)),
                 "waiting" => {
                     "waiting: the region has not been reached; its part runs when it is back".into()
                 }
@@ -261,12 +307,37 @@ pub fn export(args: ExportArgs) -> Result<()> {
             view["objects"],
             mib(view["bytes"].as_u64().unwrap_or(0))
         );
-        let manifest: Vec<&Value> = view["regions"]
+        let absolute = |url: &str| {
+            if url.starts_with('/') {
+                format!("{}{url}", api.url)
+            } else {
+                url.to_string()
+            }
+        };
+        // Each region's manifest stays in the region: fetched from its endpoint.
+        let mut manifest: Vec<Value> = Vec::new();
+        for part in view["regions"]
             .as_object()
             .into_iter()
-            .flat_map(|regions| regions.values())
-            .flat_map(|part| part["manifest"].as_array().into_iter().flatten())
-            .collect();
+            .flat_map(|r| r.values())
+        {
+            let Some(url) = part["manifest"]["download_url"].as_str() else {
+                continue;
+            };
+            let response = api
+                .http
+                .get(absolute(url))
+                .send()
+                .await
+                .context("downloading a region's manifest")?;
+            if !response.status().is_success() {
+                bail!("a region answered {} for its manifest", response.status());
+            }
+            let text = response.text().await?;
+            for line in text.lines().filter(|line| !line.trim().is_empty()) {
+                manifest.push(serde_json::from_str(line).context("a manifest line")?);
+            }
+        }
         if let Some(file) = &args.manifest {
             std::fs::write(file, serde_json::to_vec_pretty(&manifest)?)
                 .with_context(|| format!("writing {}", file.display()))?;
@@ -279,11 +350,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
                 let Some(url) = part["archive"]["download_url"].as_str() else {
                     continue;
                 };
-                let url = if url.starts_with('/') {
-                    format!("{}{url}", api.url)
-                } else {
-                    url.to_string()
-                };
+                let url = absolute(url);
                 let file = directory.join(format!("{export_id}-{region}.tar"));
                 download(&api.http, &url, &file).await?;
                 println!("{region}: archive written to {}", file.display());
@@ -359,21 +426,28 @@ pub fn verify_receipt(args: VerifyArgs, config: Option<&Config>) -> Result<()> {
             }
         }
     }
+    if keys.is_empty() {
+        bail!("no public key to verify against: give --public-key REGION=HEX, or a --config whose regions have receipt_public_key (a receipt's own key proves nothing)");
+    }
     let mut failed = 0;
     for receipt in &receipts {
         let region = receipt.region.as_str();
         let verdict = match keys.get(region) {
-            None => Err(format!("no public key for region {region}")),
-            Some(key) => receipt.verify(Some(key)).map_err(|e| e.to_string()),
+            None => Err(format!(
+                "no public key for region {region} (--public-key {region}=HEX)"
+            )),
+            Some(key) => receipt.verify(key).map_err(|e| e.to_string()),
         };
         match verdict {
             Ok(()) => println!(
-                "{region}: valid, signed by {}: erasure {} of {}, {} objects, {} bytes deleted",
+                "{region}: valid, signed by {}: erasure {} of {} requested {}, {} objects, {} bytes deleted, {} newer objects kept",
                 receipt.public_key,
                 receipt.erasure_id,
                 receipt.tenant,
+                locality_proto::time::rfc3339(receipt.requested_at_ms),
                 receipt.objects_deleted,
-                receipt.bytes_deleted
+                receipt.bytes_deleted,
+                receipt.objects_kept_newer
             ),
             Err(reason) => {
                 failed += 1;

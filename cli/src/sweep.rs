@@ -6,9 +6,9 @@
 use anyhow::{Context, Result};
 use locality_proto::time::{now_millis, rfc3339, Millis};
 use locality_proto::{Config, RegionId};
-use locality_worker::retention::{sweep, DryRun, SweepProgress, SweepReport};
+use locality_worker::rights::retention::{sweep, DryRun, SweepProgress, SweepReport};
 use locality_worker::transport::amqp::SweepLock;
-use locality_worker::{RegionStores, WorkerContext, WorkerMetrics};
+use locality_worker::{RegionContext, RegionStores, WorkerMetrics};
 
 use crate::progress::RegionProgress;
 
@@ -64,12 +64,7 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let registry = prometheus::Registry::new();
-        let context = WorkerContext::new(
-            stores,
-            &config,
-            crate::image_pool(1)?,
-            &WorkerMetrics::register(&registry),
-        );
+        let context = RegionContext::new(stores, &config, &WorkerMetrics::register(&registry));
         let mut bars = RegionProgress::new(std::iter::once(region.to_string()));
         let lock = if args.dry_run {
             None
@@ -93,8 +88,8 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
             bars.update(region.as_str(), progress_text(progress), false);
         };
         let report: SweepReport = match &lock {
-            None => sweep(&config, &context, &DryRun, as_of, true, &mut show).await?,
-            Some(lock) => sweep(&config, &context, lock, as_of, false, &mut show).await?,
+            None => sweep(&config, &context, &DryRun, as_of, true, &mut show).await,
+            Some(lock) => sweep(&config, &context, lock, as_of, false, &mut show).await,
         };
         drop(lock);
         let (count, verb) = tally(&report);
@@ -110,6 +105,15 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
         );
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
+        }
+        for failure in &report.failed {
+            eprintln!("tenant {}: its part of the sweep failed: {}", failure.tenant, failure.error);
+        }
+        if !report.failed.is_empty() {
+            anyhow::bail!(
+                "the sweep of {} of the region's tenants failed; the others were swept",
+                report.failed.len()
+            );
         }
         Ok::<_, anyhow::Error>(())
     })

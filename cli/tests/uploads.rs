@@ -175,7 +175,12 @@ async fn the_ingest_endpoint_refuses_from_the_head_and_streams_what_it_accepts()
         store.store_options["endpoint"],
         store.store.as_deref().unwrap().trim_start_matches("s3://")
     );
-    let mut download = reqwest::get(url).await.unwrap().bytes_stream();
+    let mut download = common::http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
     let mut got = Sha256::new();
     let mut length = 0u64;
     while let Some(part) = download.next().await {

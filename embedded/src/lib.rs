@@ -19,10 +19,13 @@ use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::store::StoreError as ControlStoreError;
 use locality_scheduler::{Control, DispatchError, JobDispatch, JobStore, Region, SourceStore};
 use locality_worker::ingest::{downloads_router, Downloads, Uploads};
-use locality_worker::retention::run_periodically;
+use locality_worker::rights::retention::run_periodically;
+use locality_worker::rights::MissingKey;
 use locality_worker::serve::serve;
 use locality_worker::transport::in_process::{in_process_queue, ChannelEvents, InProcessQueue};
-use locality_worker::{RegionStores, StoreError, WorkerContext, WorkerMetrics};
+use locality_worker::{
+    JobContext, RegionContext, RegionStores, RightsContext, StoreError, Worker, WorkerMetrics,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +50,8 @@ pub enum EmbeddedError {
     },
     #[error("the control store in the data directory: {0}")]
     ControlStore(#[from] Box<ControlStoreError>),
+    #[error(transparent)]
+    MissingKey(#[from] MissingKey),
 }
 
 /// A region's in-process queue, as the control core's job dispatch.
@@ -95,6 +100,10 @@ impl SourceStore for StoreUploads {
         self.0
             .receive(object_key, declared_length, limit, body)
             .boxed()
+    }
+
+    fn uploads_in_flight_since(&self, tenant: &locality_proto::TenantId, at_ms: i64) -> bool {
+        self.0.in_flight_since(tenant, at_ms)
     }
 }
 
@@ -160,25 +169,24 @@ impl Embedded {
                 })?;
             every_store.push(stores.clone());
             let (queue, source) = in_process_queue();
-            let context = Arc::new(WorkerContext::new(
-                stores.clone(),
-                &config,
-                cpu_pool.clone(),
-                &worker_metrics,
-            ));
+            let region_context = RegionContext::new(stores.clone(), &config, &worker_metrics);
+            let worker = Arc::new(Worker {
+                jobs: JobContext::new(region_context.clone(), cpu_pool.clone()),
+                rights: RightsContext::new(region_context.clone(), &config)?,
+            });
             let sink = Arc::new(ChannelEvents(events.clone()));
             let (slots, stop) = (options.jobs_per_region, shutdown.clone());
             // One task per region sweeps it: no other process shares these stores.
             let sweep_events = events.clone();
             tasks.push(tokio::spawn(run_periodically(
                 config.clone(),
-                context.clone(),
+                region_context,
                 Duration::from_secs(config.retention.sweep_interval_seconds),
                 shutdown.clone(),
                 move || std::future::ready(Some(ChannelEvents(sweep_events.clone()))),
             )));
             tasks.push(tokio::spawn(async move {
-                serve(context, source, sink, slots, stop).await;
+                serve(worker, source, sink, slots, stop).await;
             }));
             let dispatch = Arc::new(InProcessDispatch {
                 region: region.clone(),

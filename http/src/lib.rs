@@ -188,6 +188,16 @@ pub fn upload_created(
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
+/// Installs the process's TLS provider (rustls with ring) for every HTTP client it
+/// makes: object stores, webhooks. Idempotent.
+pub fn install_tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Another part of the process may have installed the same provider first.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// `/metrics`: the registry in Prometheus' text format.
 pub fn metrics_response(registry: &prometheus::Registry) -> Response {
     match prometheus::TextEncoder::new().encode_to_string(&registry.gather()) {

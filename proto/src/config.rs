@@ -27,6 +27,29 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub rights: RightsConfig,
+}
+
+/// How erasures and exports are carried through outages.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RightsConfig {
+    /// Days a region's part of an erasure or export is tried, through store and broker
+    /// outages, before it is failed for good (and an alert goes off).
+    pub deadline_days: u32,
+    /// Seconds without a word from a region about a part it was sent before the
+    /// control plane sends it again (the region resumes where it stopped).
+    pub quiet_after_seconds: u64,
+}
+
+impl Default for RightsConfig {
+    fn default() -> Self {
+        Self {
+            deadline_days: crate::gdpr::REQUEST_DEADLINE_DAYS,
+            quiet_after_seconds: 900,
+        }
+    }
 }
 
 /// How each region's sweeper deletes what has expired (tenants' `retention_days`).
@@ -459,11 +482,18 @@ impl Config {
             || limits.max_upload_bytes == 0
             || limits.max_concurrent_uploads == 0
             || limits.upload_idle_timeout_seconds == 0
+            || limits.upload_timeout_seconds == 0
         {
             return Err(invalid("limits", "every limit must be positive"));
         }
         if self.jobs.retention_days == 0 {
             return Err(invalid("jobs.retention_days", "must be at least 1"));
+        }
+        if self.rights.deadline_days == 0 || self.rights.quiet_after_seconds == 0 {
+            return Err(invalid(
+                "rights",
+                "deadline_days and quiet_after_seconds must be at least 1",
+            ));
         }
         if self.retention.sweep_interval_seconds == 0 {
             return Err(invalid(

@@ -106,9 +106,12 @@ error_codes! {
     JobTooLarge = "job_too_large", http 200, Abort;
     /// The job ran longer than `limits.job_timeout_seconds`.
     JobTimeout = "job_timeout", http 200, Abort;
-    /// The job's subject, asset or tenant was erased after the job was submitted: it
-    /// wrote nothing (or removed what it had written).
-    Erased = "erased", http 200, Abort;
+    /// The job's (or upload's) subject, asset or tenant was erased after the job was
+    /// submitted or the upload began: it leaves nothing (what it wrote is removed).
+    Erased = "erased", http 410, Abort;
+    /// A message older than it may be acted on: a job submitted more than
+    /// `jobs.retention_days` ago, or a request past its deadline. Not run.
+    MessageExpired = "message_expired", http 200, Abort;
     /// No original under the job's source key in the region's store.
     SourceNotFound = "source_not_found", http 200, Abort;
     /// The region's store did not answer, after every retry and redelivery.

@@ -139,8 +139,6 @@ pub fn belongs_to_tenant(key: &str, tenant: &TenantId) -> bool {
         .is_some_and(|rest| check_source_key(rest).is_ok())
 }
 
-/// Tombstones of erasures, under `TENANT/`.
-pub const TOMBSTONES: &str = ".erased/";
 /// Export archives, under `TENANT/`.
 pub const EXPORTS: &str = ".exports/";
 
@@ -153,7 +151,7 @@ pub enum StoredKind {
     Output,
     /// A subject's export archive (`TENANT/.exports/...`).
     ExportArchive,
-    /// Locality's own bookkeeping (tombstones, erasure tallies) or anything else: kept.
+    /// Anything else (an older release's bookkeeping, keys outside the layout): kept.
     Other,
 }
 

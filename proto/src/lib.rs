@@ -34,7 +34,8 @@ pub mod topology;
 pub mod validate;
 
 pub use config::{
-    Config, ConfigError, JobsConfig, RegionConfig, RetentionConfig, TenantConfig, TenantStore,
+    Config, ConfigError, JobsConfig, RegionConfig, RetentionConfig, RightsConfig, TenantConfig,
+    TenantStore,
 };
 pub use envelope::{
     Fit, ImageFormat, JobEnvelope, JobMessage, OutputSpec, Priority, SourceRef, ENVELOPE_VERSION,

@@ -29,6 +29,10 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// Seconds an upload may go without sending a byte before it is cut off.
     pub upload_idle_timeout_seconds: u64,
+    /// Seconds an upload may take in all, from its request head to its last byte; an
+    /// erasure's second pass waits this long after the erasure was requested, so that
+    /// no upload begun before it is still running.
+    pub upload_timeout_seconds: u64,
     /// Deliveries of one job message before it is dead-lettered with a failed result
     /// (a message that keeps failing transiently, or keeps crashing its worker).
     pub delivery_limit: u32,
@@ -52,6 +56,7 @@ impl Default for Limits {
             max_upload_bytes: 64 * 1024 * 1024,
             max_concurrent_uploads: 16,
             upload_idle_timeout_seconds: 30,
+            upload_timeout_seconds: 300,
             delivery_limit: 5,
             store_attempts: 7,
             dead_letter_ttl_days: 14,

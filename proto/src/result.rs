@@ -174,6 +174,8 @@ pub enum WorkerEvent {
     Erased(crate::gdpr::ErasureReceipt),
     /// The region's part of an export.
     Exported(crate::gdpr::ExportReport),
+    /// The region could not do its part of a request (yet).
+    RequestFailed(crate::gdpr::RequestFailure),
 }
 
 impl WorkerEvent {
@@ -186,6 +188,7 @@ impl WorkerEvent {
             WorkerEvent::Erasing(progress) => (&progress.tenant, &progress.region),
             WorkerEvent::Erased(receipt) => (&receipt.tenant, &receipt.region),
             WorkerEvent::Exported(report) => (&report.tenant, &report.region),
+            WorkerEvent::RequestFailed(failure) => (&failure.tenant, &failure.region),
         }
     }
 }

@@ -130,10 +130,13 @@ impl Control {
             results: None,
             metrics: SchedulerMetrics::register(registry),
             identity: format!("scheduler-{}", Uuid::new_v4()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("an HTTP client for webhooks"),
+            http: {
+                locality_http::install_tls_provider();
+                reqwest::Client::builder()
+            }
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client for webhooks"),
             links: Vec::new(),
             ip_pseudonymiser: tokio::sync::Mutex::new(None),
         }
@@ -218,6 +221,7 @@ impl Control {
             .clone()
             .map(|key| (key, envelope.fingerprint()));
         let subject = job.location.subject.clone();
+        let asset = job.location.asset.clone();
         let pseudonymiser = self.ip_pseudonymiser().await?;
         let mut message = job.into_message(Uuid::new_v4(), &pseudonymiser);
         message.correlation_id = correlation_id;
@@ -226,6 +230,7 @@ impl Control {
         let new = NewJob {
             message: message.clone(),
             subject,
+            asset,
             idempotency: idempotency.clone(),
         };
         match self.store.insert(new, &self.identity, now_millis()).await? {
@@ -304,6 +309,7 @@ impl Control {
             WorkerEvent::Erasing(progress) => self.record_progress(progress).await,
             WorkerEvent::Erased(receipt) => self.record_receipt(receipt).await,
             WorkerEvent::Exported(report) => self.record_export(report).await,
+            WorkerEvent::RequestFailed(failure) => self.record_failure(failure).await,
         }
     }
 
@@ -325,7 +331,7 @@ impl Control {
     }
 
     async fn relay(&self, result: &JobResult) -> Result<(), RelayError> {
-        if let Err(err) = self.notify(&result.tenant, "result", result).await {
+        if let Err(err) = self.notify(&result.tenant, "result", result, false).await {
             self.store.release_relay(&result.job_id).await?;
             return Err(err.into());
         }
@@ -405,6 +411,7 @@ impl Control {
         for request in requests {
             self.send_request(request).await;
         }
+        self.advance_rights().await?;
         self.deliver_webhooks().await?;
         Ok(())
     }

@@ -10,6 +10,12 @@ pub struct SchedulerMetrics {
     pub queue_depth: IntGaugeVec,
     pub broker_connected: IntGaugeVec,
     pub result_relay_lag: Histogram,
+    /// Parts of erasures and exports failed (by the region, or past their deadline).
+    pub rights_parts_failed: IntCounterVec,
+    /// Parts sent to their region again: they had failed, or their region went quiet.
+    pub rights_parts_resent: IntCounterVec,
+    /// Open parts per state (`failed_for_good`: past the deadline, needs an operator).
+    pub rights_parts_open: IntGaugeVec,
 }
 
 impl SchedulerMetrics {
@@ -56,7 +62,32 @@ impl SchedulerMetrics {
         registry
             .register(Box::new(result_relay_lag.clone()))
             .expect("scheduler metric names are unique");
+        let rights_parts_open = IntGaugeVec::new(
+            Opts::new(
+                "locality_rights_parts_open",
+                "Parts of erasures and exports not done, per state (failed_for_good needs an operator)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(rights_parts_open.clone()))
+            .expect("scheduler metric names are unique");
+        for state in ["waiting", "sent", "running", "failed", "failed_for_good"] {
+            rights_parts_open.with_label_values(&[state]).set(0);
+        }
         Self {
+            rights_parts_failed: counter(
+                "locality_rights_parts_failed_total",
+                "Parts of erasures and exports that failed, by kind and code (message_expired: past their deadline)",
+                &["kind", "code"],
+            ),
+            rights_parts_resent: counter(
+                "locality_rights_parts_resent_total",
+                "Parts of erasures and exports sent to their region again, by reason (failed, quiet)",
+                &["reason"],
+            ),
+            rights_parts_open,
             jobs_submitted: counter(
                 "locality_jobs_submitted_total",
                 "Jobs accepted, per region and priority",

@@ -40,6 +40,8 @@ pub trait SourceStore: Send + Sync + 'static {
         limit: u64,
         body: axum::body::Body,
     ) -> BoxFuture<'a, Result<u64, ApiError>>;
+    /// Whether an upload of `tenant` begun at or before `at_ms` is still being received.
+    fn uploads_in_flight_since(&self, tenant: &locality_proto::TenantId, at_ms: i64) -> bool;
 }
 
 /// Where originals for a region go.

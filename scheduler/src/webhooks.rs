@@ -62,19 +62,26 @@ fn backoff(attempts: u32) -> Duration {
 const DELIVERIES_PER_ROUND: u32 = 50;
 
 impl Control {
-    /// Queues `payload` (`{"type": KIND, "data": ...}`) for the tenant's webhook, if it has one.
+    /// Queues `payload` (`{"type": KIND, "data": ...}`) for the tenant's webhook, if it
+    /// has one; a payload naming erased keys is forgotten once delivered.
     pub(crate) async fn notify<T: Serialize>(
         &self,
         tenant: &TenantId,
         kind: &str,
         payload: &T,
+        names_erased_keys: bool,
     ) -> Result<(), StoreError> {
-        if self.config.tenants[tenant].webhook.is_none() {
+        let has_webhook = self
+            .config
+            .tenants
+            .get(tenant)
+            .is_some_and(|tenant| tenant.webhook.is_some());
+        if !has_webhook {
             return Ok(());
         }
         let body = serde_json::json!({ "type": kind, "data": payload }).to_string();
         self.store
-            .enqueue_webhook(tenant, kind, &body, now_millis())
+            .enqueue_webhook(tenant, kind, &body, names_erased_keys, now_millis())
             .await?;
         Ok(())
     }
@@ -85,6 +92,7 @@ impl Control {
             .store
             .claim_due_webhooks(now_millis(), DELIVERIES_PER_ROUND)
             .await?;
+        let mut redacted = false;
         for delivery in due {
             let webhook = self
                 .config
@@ -130,6 +138,11 @@ impl Control {
                     now_millis(),
                 )
                 .await?;
+            redacted |= delivered && delivery.redact_on_delivery;
+        }
+        if redacted {
+            // No copy of a redacted body stays in the store's log.
+            self.store.compact().await?;
         }
         Ok(())
     }

@@ -78,6 +78,7 @@ fn new_job(message: &JobMessage, idempotency: Option<(&str, &str)>) -> NewJob {
     NewJob {
         message: message.clone(),
         subject: Some("user-1".into()),
+        asset: "a".into(),
         idempotency: idempotency.map(|(k, h)| (k.to_string(), h.to_string())),
     }
 }

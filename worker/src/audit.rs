@@ -80,7 +80,7 @@ pub struct AuditLog {
 }
 
 /// `HOST:PID`: which worker process wrote a record (the pod's name under Kubernetes).
-fn worker_identity() -> String {
+pub fn worker_identity() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -171,12 +171,14 @@ pub async fn summarise(
     since_ms: Millis,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<RegionSummary, StoreError> {
-    let listed = store.list(&tenant_audit_prefix(tenant)).await?;
-    let candidates: Vec<String> = listed
-        .into_iter()
-        .filter(|object| object.last_modified.timestamp_millis() >= since_ms - SLACK_MS)
-        .map(|object| object.location.to_string())
-        .collect();
+    use futures::TryStreamExt;
+    let prefix = tenant_audit_prefix(tenant);
+    let candidates: Vec<String> = store
+        .list_all(&prefix)
+        .try_filter(|object| std::future::ready(object.last_modified_ms >= since_ms - SLACK_MS))
+        .map_ok(|object| object.key)
+        .try_collect()
+        .await?;
     let total = candidates.len();
     progress(0, total);
     let mut summary = RegionSummary::new(store.region().clone());

@@ -30,7 +30,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
-use crate::store::{RegionStores, StoreError, StreamError};
+use crate::rights::tombstone::{Scope, Tombstones};
+use crate::store::{Origin, RegionStores, StoreError, StreamError};
 
 /// How long an upload waits for a free slot before it is told to come back.
 const SLOT_WAIT: Duration = Duration::from_secs(5);
@@ -40,15 +41,50 @@ const SLOT_WAIT: Duration = Duration::from_secs(5);
 pub struct Uploads {
     stores: RegionStores,
     audit: AuditLog,
+    tombstones: Tombstones,
     slots: Arc<Semaphore>,
     idle_timeout: Duration,
+    /// The longest an upload may take in all (`limits.upload_timeout_seconds`).
+    total_timeout: Duration,
+    /// Uploads being received now: their tenant and when each began.
+    in_flight: Arc<std::sync::Mutex<InFlight>>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    next: u64,
+    uploads: BTreeMap<u64, (TenantId, i64)>,
+}
+
+/// An upload being received; it leaves the register when dropped.
+struct Registered {
+    register: Arc<std::sync::Mutex<InFlight>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.register
+            .lock()
+            .expect("upload register lock")
+            .uploads
+            .remove(&self.id);
+    }
 }
 
 /// Why an upload's body stopped.
 #[derive(Debug)]
 enum Cut {
-    TooLarge { limit: u64 },
-    Stalled { seconds: u64 },
+    TooLarge {
+        limit: u64,
+    },
+    Stalled {
+        seconds: u64,
+    },
+    /// It has taken longer than an upload may in all.
+    Overdue {
+        seconds: u64,
+    },
     Client(String),
 }
 
@@ -56,9 +92,34 @@ impl Uploads {
     pub fn new(stores: RegionStores, config: &Config) -> Self {
         Self {
             audit: AuditLog::new(&stores, config),
+            tombstones: Tombstones::new(stores.own().clone()),
             stores,
             slots: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
             idle_timeout: Duration::from_secs(config.limits.upload_idle_timeout_seconds),
+            total_timeout: Duration::from_secs(config.limits.upload_timeout_seconds),
+            in_flight: Default::default(),
+        }
+    }
+
+    /// Whether an upload of `tenant` begun at or before `at_ms` is still being received
+    /// by this process.
+    pub fn in_flight_since(&self, tenant: &TenantId, at_ms: i64) -> bool {
+        self.in_flight
+            .lock()
+            .expect("upload register lock")
+            .uploads
+            .values()
+            .any(|(owner, begun)| owner == tenant && *begun <= at_ms)
+    }
+
+    fn register(&self, tenant: TenantId, begun_ms: i64) -> Registered {
+        let mut register = self.in_flight.lock().expect("upload register lock");
+        let id = register.next;
+        register.next += 1;
+        register.uploads.insert(id, (tenant, begun_ms));
+        Registered {
+            register: self.in_flight.clone(),
+            id,
         }
     }
 
@@ -71,7 +132,9 @@ impl Uploads {
     }
 
     /// Streams `body` into `object_key` once a slot is free; at most `limit` bytes. A
-    /// declared length over the limit is refused before anything is read.
+    /// declared length over the limit is refused before anything is read. The upload's
+    /// origin is when it began: if its scope is erased after that, before it is
+    /// answered, what it wrote is removed and it is refused (`erased`).
     pub async fn receive(
         &self,
         object_key: &str,
@@ -79,6 +142,16 @@ impl Uploads {
         limit: u64,
         body: Body,
     ) -> Result<u64, ApiError> {
+        let begun_ms = locality_proto::time::now_millis();
+        // Keys are laid out by the caller with the tenant first.
+        let tenant = object_key
+            .split('/')
+            .next()
+            .and_then(|t| TenantId::new(t).ok())
+            .ok_or_else(|| {
+                ApiError::new(ErrorCode::InvalidField, "key: outside every tenant's area")
+            })?;
+        let _registered = self.register(tenant.clone(), begun_ms);
         let too_large = |limit: u64| {
             ApiError::new(
                 ErrorCode::UploadTooLarge,
@@ -100,8 +173,10 @@ impl Uploads {
                 )
             })?
             .expect("the upload slots are never closed");
-        let idle = self.idle_timeout;
-        // Each frame must come within the idle timeout, and the total within the limit.
+        let (idle, total) = (self.idle_timeout, self.total_timeout);
+        let overdue_at = tokio::time::Instant::now() + total;
+        // Each frame must come within the idle timeout, all of them within the upload's
+        // time, and the total within the limit.
         let frames = body.into_data_stream();
         let guarded = futures::stream::unfold(
             (frames, 0u64, false),
@@ -109,7 +184,11 @@ impl Uploads {
                 if stopped {
                     return None;
                 }
-                let cut = match tokio::time::timeout(idle, frames.next()).await {
+                let wait_until = (tokio::time::Instant::now() + idle).min(overdue_at);
+                let cut = match tokio::time::timeout_at(wait_until, frames.next()).await {
+                    Err(_) if tokio::time::Instant::now() >= overdue_at => Cut::Overdue {
+                        seconds: total.as_secs(),
+                    },
                     Err(_) => Cut::Stalled {
                         seconds: idle.as_secs(),
                     },
@@ -127,10 +206,18 @@ impl Uploads {
             },
         );
         let guarded = Box::pin(guarded);
-        let written = self
-            .stores
-            .for_key(object_key)
-            .put_stream(object_key, guarded)
+        let origin = Origin {
+            at_ms: begun_ms,
+            job: None,
+        };
+        let store = self.stores.for_key(object_key);
+        let written = store
+            .put_stream(
+                object_key,
+                guarded,
+                Some(&origin),
+                Some(crate::rights::export::content_type(object_key)),
+            )
             .await
             .map_err(|err| match err {
                 StreamError::Store(err) => store_failure(err),
@@ -138,6 +225,10 @@ impl Uploads {
                 StreamError::Body(Cut::Stalled { seconds }) => ApiError::new(
                     ErrorCode::UploadStalled,
                     format!("the upload sent nothing for {seconds} s; cut off"),
+                ),
+                StreamError::Body(Cut::Overdue { seconds }) => ApiError::new(
+                    ErrorCode::UploadStalled,
+                    format!("the upload took longer than {seconds} s in all (limits.upload_timeout_seconds); cut off"),
                 ),
                 StreamError::Body(Cut::Client(reason)) => ApiError::new(
                     ErrorCode::InvalidField,
@@ -147,18 +238,30 @@ impl Uploads {
         if written == 0 {
             return Err(empty());
         }
-        // Keys are laid out by the caller with the tenant first; recorded before the
-        // upload is answered, so every stored original is in the region's record.
-        let tenant = object_key
-            .split('/')
-            .next()
-            .and_then(|t| TenantId::new(t).ok());
-        if let Some(tenant) = tenant {
-            self.audit
-                .original_stored(&tenant, object_key, written)
+        // Erased while it was received: nothing of it stays.
+        if let Some(scope) = Scope::of_key(&tenant, object_key) {
+            let erased = self
+                .tombstones
+                .erased_since(scope, begun_ms)
                 .await
                 .map_err(store_failure)?;
+            if let Some(erased_at) = erased {
+                store.delete(object_key).await.map_err(store_failure)?;
+                return Err(ApiError::new(
+                    ErrorCode::Erased,
+                    format!(
+                        "its subject, asset or tenant was erased at {} while the upload ran; nothing of it was kept",
+                        locality_proto::time::rfc3339(erased_at)
+                    ),
+                ));
+            }
         }
+        // Recorded before the upload is answered, so every stored original is in the
+        // region's record.
+        self.audit
+            .original_stored(&tenant, object_key, written)
+            .await
+            .map_err(store_failure)?;
         Ok(written)
     }
 }
@@ -275,14 +378,14 @@ impl Downloads {
     }
 }
 
-/// `GET /v1/exports/{export_id}/{region}.tar`, for the regions of `downloads`.
+/// `GET /v1/exports/{export_id}/{file}`, for the regions of `downloads`.
 pub fn downloads_router<S: Clone + Send + Sync + 'static>(downloads: Downloads) -> Router<S> {
     Router::new()
         .route("/v1/exports/{export_id}/{file}", get(download_export))
         .with_state(downloads)
 }
 
-/// The query of an export download link (see `locality_proto::gdpr::download_link`).
+/// The query of an export download link (see `locality_proto::gdpr::DownloadTarget`).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DownloadQuery {
@@ -292,36 +395,34 @@ struct DownloadQuery {
     signature: String,
 }
 
-/// `GET /v1/exports/{export_id}/{region}.tar?tenant=&subject=&expires=&signature=`: an
-/// export archive, streamed from its region's store, for whoever holds an unexpired
-/// link signed by that region. The bytes never leave the region any other way.
+/// `GET /v1/exports/{export_id}/{REGION.tar | REGION.manifest.jsonl}?tenant=&subject=&expires=&signature=`:
+/// an export's archive or manifest, streamed from its region's store, for whoever holds
+/// an unexpired link signed by that region. The bytes never leave the region any other
+/// way.
 async fn download_export(
     State(downloads): State<Downloads>,
     Path((export_id, file)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::new(ErrorCode::NotFound, "no such export archive here");
+    use locality_proto::gdpr::{export_file_key, DownloadTarget, ExportFileKind};
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such export file here");
     let export_id = uuid::Uuid::parse_str(&export_id).map_err(|_| not_found())?;
     let tenant = TenantId::new(query.tenant.clone()).map_err(|_| not_found())?;
-    let (region, (stores, key)) = file
-        .strip_suffix(".tar")
-        .and_then(|region| {
-            downloads
-                .regions
-                .iter()
-                .find(|(id, _)| id.as_str() == region)
-        })
+    let (kind, region_name) = ExportFileKind::parse(&file).ok_or_else(not_found)?;
+    let (region, (stores, key)) = downloads
+        .regions
+        .iter()
+        .find(|(id, _)| id.as_str() == region_name)
         .ok_or_else(not_found)?;
-    let genuine = locality_proto::gdpr::download_signature_matches(
-        key,
-        &export_id,
+    let target = DownloadTarget {
+        export_id: &export_id,
         region,
-        &tenant,
-        &query.subject,
-        query.expires,
-        &query.signature,
-    );
-    if !genuine {
+        tenant: &tenant,
+        subject: &query.subject,
+        kind,
+        expires_at_ms: query.expires,
+    };
+    if !target.signature_matches(key, &query.signature) {
         return Err(ApiError::new(
             ErrorCode::Unauthorised,
             "the download link's signature is not valid",
@@ -333,7 +434,7 @@ async fn download_export(
             "the download link has expired; ask for a new export",
         ));
     }
-    let object_key = crate::gdpr::archive_key(&tenant, &query.subject, &export_id, region.as_str());
+    let object_key = export_file_key(&tenant, &query.subject, &export_id, region, kind);
     let store = stores.for_key(&object_key);
     let (size, chunks) = store
         .get_stream(&object_key)
@@ -345,7 +446,7 @@ async fn download_export(
     let headers = [
         (
             axum::http::header::CONTENT_TYPE,
-            "application/x-tar".to_string(),
+            kind.content_type().to_string(),
         ),
         (axum::http::header::CONTENT_LENGTH, size.to_string()),
     ];

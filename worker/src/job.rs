@@ -1,180 +1,89 @@
-//! One job, start to finish, in the worker's own region:
-//! checks → fetch source → pipeline on rayon → store outputs → result.
+//! One job, start to finish, in the worker's own region, in phases:
+//!
+//! admit (version, region, tenant, keys, age, output area) → fetch the header and
+//! probe → reserve the whole memory cost → fetch the rest → pipeline on rayon →
+//! store the outputs, each carrying its origin → ask the tombstone guard once.
+//!
+//! Everything up to the stored outputs runs within `limits.job_timeout_seconds`; the
+//! guard's question and the removal of what an erased job wrote run to the end, so no
+//! deadline leaves an erased subject's outputs behind.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use locality_proto::keys::{asset_prefix_of_original, belongs_to_tenant, is_output_of};
+use locality_proto::time::{now_millis, Millis};
 use locality_proto::{
-    Config, ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Limits, OutputInfo, Recovery,
-    RegionId, StageTimings, TenantId, ENVELOPE_VERSION,
+    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, OutputInfo, RegionId, StageTimings,
+    ENVELOPE_VERSION,
 };
 
-use crate::audit::AuditLog;
-use crate::budget::MemoryBudget;
+use crate::budget::{MemoryBudget, Reservation};
 use crate::cpu::run_on_pool;
-use crate::metrics::{RegionMetrics, Stage};
-use crate::pipeline::{self, OutputRequest, PipelineError, PipelineOptions};
-use crate::store::{RegionStores, StoreError};
+use crate::failure::Failure;
+use crate::metrics::Stage;
+use crate::pipeline::{self, OutputRequest, PipelineError, PipelineOptions, Probe};
+use crate::region::RegionContext;
+use crate::rights::tombstone::{Scope, Tombstones};
+use crate::store::{Origin, StoreError};
 
-/// Everything a worker needs to run jobs; all of it belongs to one region.
-pub struct WorkerContext {
-    stores: RegionStores,
-    /// Tenants pinned to this region: the only ones whose jobs run here.
-    tenants: BTreeSet<TenantId>,
-    /// The region's key for signing erasure receipts.
-    receipt_key: Option<ed25519_dalek::SigningKey>,
-    /// The region's key for signing export download links.
-    download_key: Option<Vec<u8>>,
-    pub limits: Limits,
-    pub options: PipelineOptions,
+/// What running jobs needs beyond the region: an image pool and a memory budget.
+pub struct JobContext {
+    region: Arc<RegionContext>,
+    tombstones: Tombstones,
     pub cpu_pool: Arc<rayon::ThreadPool>,
     pub budget: MemoryBudget,
-    pub metrics: RegionMetrics,
-    /// The region's record of processing.
-    pub audit: AuditLog,
+    pub options: PipelineOptions,
 }
 
-impl WorkerContext {
-    /// The region is the store's: a worker cannot be pointed at another region's store.
-    pub fn new(
-        stores: RegionStores,
-        config: &Config,
-        cpu_pool: Arc<rayon::ThreadPool>,
-        metrics: &crate::metrics::WorkerMetrics,
-    ) -> Self {
-        let limits = config.limits;
-        let tenants = config
-            .tenants
-            .iter()
-            .filter(|(_, tenant)| tenant.regions.contains(stores.region()))
-            .map(|(id, _)| id.clone())
-            .collect();
-        let own = &config.regions[stores.region()];
-        // Both keys were checked when the configuration was validated.
-        let receipt_key = own
-            .receipt_key
-            .as_deref()
-            .and_then(|seed| locality_proto::gdpr::receipt_key(seed).ok());
-        let download_key = own
-            .download_key
-            .as_deref()
-            .and_then(|k| hex::decode(k).ok());
+impl JobContext {
+    pub fn new(region: Arc<RegionContext>, cpu_pool: Arc<rayon::ThreadPool>) -> Self {
         Self {
-            audit: AuditLog::new(&stores, config),
-            budget: MemoryBudget::new(limits.worker_memory_budget),
-            metrics: metrics.for_region(stores.region()),
-            stores,
-            tenants,
-            receipt_key,
-            download_key,
-            limits,
+            tombstones: Tombstones::new(region.stores().own().clone()),
+            budget: MemoryBudget::new(region.limits.worker_memory_budget),
             options: PipelineOptions::default(),
             cpu_pool,
+            region,
         }
     }
 
-    pub fn region(&self) -> &RegionId {
-        self.stores.region()
-    }
-
-    pub fn stores(&self) -> &RegionStores {
-        &self.stores
-    }
-
-    pub fn receipt_key(&self) -> Option<&ed25519_dalek::SigningKey> {
-        self.receipt_key.as_ref()
-    }
-
-    pub fn download_key(&self) -> Option<&[u8]> {
-        self.download_key.as_deref()
-    }
-
-    /// Whether `tenant` is pinned to this region.
-    pub fn serves(&self, tenant: &TenantId) -> bool {
-        self.tenants.contains(tenant)
+    pub fn region(&self) -> &RegionContext {
+        &self.region
     }
 }
 
-/// Why a job did not succeed: a stable code and a sentence. Whether trying again could
-/// help is the code's [`Recovery`].
-#[derive(Debug, Clone)]
-pub struct JobFailure {
-    pub outcome: JobOutcome,
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl JobFailure {
-    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            outcome: JobOutcome::Failed,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn refused(code: ErrorCode, message: String) -> Self {
-        Self {
-            outcome: JobOutcome::Refused,
-            code,
-            message,
-        }
-    }
-
-    pub fn recovery(&self) -> Recovery {
-        self.code.recovery()
-    }
-}
-
-impl From<PipelineError> for JobFailure {
+impl From<PipelineError> for Failure {
     fn from(err: PipelineError) -> Self {
         Self::failed(err.code(), err.to_string())
-    }
-}
-
-impl From<StoreError> for JobFailure {
-    fn from(err: StoreError) -> Self {
-        let code = match &err {
-            StoreError::NotFound { .. } => ErrorCode::SourceNotFound,
-            StoreError::InvalidKey { .. } => ErrorCode::InvalidKey,
-            _ if err.is_transient() => ErrorCode::StoreUnavailable,
-            _ => ErrorCode::StoreError,
-        };
-        Self::failed(code, err.to_string())
     }
 }
 
 /// Checks that a message may run here before anything is read or written: right
 /// version, this region, a tenant pinned to it, the source inside the tenant's area and
 /// every output among the outputs of the source's asset.
-pub fn check_admissible(
-    message: &JobMessage,
-    region: &RegionId,
-    tenants: &BTreeSet<TenantId>,
-) -> Result<(), JobFailure> {
+pub fn check_admissible(message: &JobMessage, region: &RegionContext) -> Result<(), Failure> {
+    let here = region.region();
     if message.v != ENVELOPE_VERSION {
-        return Err(JobFailure::refused(
+        return Err(Failure::refused(
             ErrorCode::UnsupportedVersion,
             format!("job message version {} is not supported", message.v),
         ));
     }
-    if &message.region != region {
-        return Err(JobFailure::refused(
+    if &message.region != here {
+        return Err(Failure::refused(
             ErrorCode::WrongRegion,
             format!(
-                "residency: job for region {} reached the worker of region {region}; refused, not rerouted",
+                "residency: job for region {} reached the worker of region {here}; refused, not rerouted",
                 message.region
             ),
         ));
     }
-    if !tenants.contains(&message.tenant) {
-        return Err(JobFailure::refused(
+    if !region.serves(&message.tenant) {
+        return Err(Failure::refused(
             ErrorCode::TenantNotInRegion,
             format!(
-                "residency: tenant {} is not pinned to region {region}; refused, not rerouted",
+                "residency: tenant {} is not pinned to region {here}; refused, not rerouted",
                 message.tenant
             ),
         ));
@@ -182,7 +91,7 @@ pub fn check_admissible(
     let keys = std::iter::once(&message.source_key).chain(message.outputs.iter().map(|o| &o.key));
     for key in keys {
         if !belongs_to_tenant(key, &message.tenant) {
-            return Err(JobFailure::refused(
+            return Err(Failure::refused(
                 ErrorCode::KeyOutsideTenant,
                 format!(
                     "key {key:?} is outside the area of tenant {}",
@@ -193,7 +102,7 @@ pub fn check_admissible(
     }
     let asset =
         asset_prefix_of_original(&message.source_key, &message.tenant).ok_or_else(|| {
-            JobFailure::refused(
+            Failure::refused(
                 ErrorCode::KeyOutsideAsset,
                 format!(
                     "source key {:?} is not an original of an asset",
@@ -206,7 +115,7 @@ pub fn check_admissible(
         .iter()
         .find(|o| !is_output_of(&o.key, &asset))
     {
-        return Err(JobFailure::refused(
+        return Err(Failure::refused(
             ErrorCode::KeyOutsideAsset,
             format!(
                 "output key {:?} is not an output of asset {asset}",
@@ -214,94 +123,168 @@ pub fn check_admissible(
             ),
         ));
     }
-    Ok(())
+    match message.submitted_at_ms {
+        None => Err(Failure::refused(
+            ErrorCode::MessageExpired,
+            "the job message carries no submission time",
+        )),
+        Some(at) if now_millis() - at > region.max_job_age_ms => Err(Failure::refused(
+            ErrorCode::MessageExpired,
+            format!(
+                "the job was submitted on {}, longer ago than job records are kept (jobs.retention_days)",
+                locality_proto::time::rfc3339(at)
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The first bytes of a source that its header is read from (more only when its
 /// metadata runs past them).
 const HEADER_PREFIX: u64 = 1024 * 1024;
 
-/// Runs one job within `limits.job_timeout_seconds`. On success every output is stored
-/// before this returns. On timeout the job's image work is abandoned: it runs to its
-/// end on the pool, keeping its memory reserved until then, and stores nothing.
-pub async fn process_job(
-    context: &WorkerContext,
-    message: &JobMessage,
-) -> Result<JobResult, JobFailure> {
-    let deadline = std::time::Duration::from_secs(context.limits.job_timeout_seconds);
-    match tokio::time::timeout(deadline, run_job(context, message)).await {
-        // The source was deleted under the job: by an erasure, the result says so.
-        Ok(Err(failure)) if failure.code == ErrorCode::SourceNotFound => {
-            if crate::gdpr::erased_since(context, message).await? {
-                return Err(erased());
-            }
-            Err(failure)
-        }
-        Ok(result) => result,
-        Err(_) => Err(JobFailure::failed(
-            ErrorCode::JobTimeout,
-            format!(
-                "the job ran longer than {} s (limits.job_timeout_seconds)",
-                deadline.as_secs()
-            ),
-        )),
-    }
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
-fn panicked(panic: crate::cpu::WorkPanicked) -> JobFailure {
-    JobFailure::failed(ErrorCode::InternalError, panic.to_string())
+fn panicked(panic: crate::cpu::WorkPanicked) -> Failure {
+    Failure::failed(ErrorCode::InternalError, panic.to_string())
 }
 
-fn erased() -> JobFailure {
-    JobFailure::failed(
+fn erased() -> Failure {
+    Failure::failed(
         ErrorCode::Erased,
-        "its subject, asset or tenant was erased after the job was submitted; it wrote nothing",
+        "its subject, asset or tenant was erased after the job was submitted; it leaves nothing",
     )
 }
 
-/// Deletes the outputs this attempt of a job stored.
-async fn remove_outputs(context: &WorkerContext, outputs: &[OutputInfo]) -> Result<(), StoreError> {
-    for output in outputs {
-        context
-            .stores
-            .for_key(&output.key)
-            .delete(&output.key)
-            .await?;
+fn too_large(detail: String) -> Failure {
+    Failure::failed(ErrorCode::JobTooLarge, detail)
+}
+
+/// When the job was submitted: the origin of everything it writes.
+fn origin_ms(message: &JobMessage) -> Millis {
+    message.submitted_at_ms.unwrap_or(0)
+}
+
+/// Runs one job. On success every output is stored, and the guard found no erasure
+/// since the job was submitted, before this returns.
+pub async fn run(context: &JobContext, message: &JobMessage) -> Result<JobResult, Failure> {
+    let started = Instant::now();
+    check_admissible(message, &context.region)?;
+    check_output_area(context, message)?;
+    let deadline = std::time::Duration::from_secs(context.region.limits.job_timeout_seconds);
+    let mut timings = StageTimings::default();
+    let stored = tokio::time::timeout(deadline, render_and_store(context, message, &mut timings))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::failed(
+                ErrorCode::JobTimeout,
+                format!(
+                    "the job ran longer than {} s (limits.job_timeout_seconds)",
+                    deadline.as_secs()
+                ),
+            ))
+        });
+    let outputs = match stored {
+        Ok(outputs) => outputs,
+        // Whatever stopped it, an erased job leaves nothing: not the outputs a timed-out
+        // or failed attempt stored, nor an earlier attempt's.
+        Err(failure) => {
+            return Err(if leave_nothing_if_erased(context, message).await? {
+                erased()
+            } else {
+                failure
+            });
+        }
+    };
+    if leave_nothing_if_erased(context, message).await? {
+        return Err(erased());
+    }
+    timings.total_ms = ms(started);
+    context.region.metrics.stages(&[
+        (Stage::Fetch, timings.fetch_ms),
+        (Stage::Decode, timings.decode_ms),
+        (Stage::Resize, timings.resize_ms),
+        (Stage::Encode, timings.encode_ms),
+        (Stage::Store, timings.store_ms),
+    ]);
+    Ok(JobResult {
+        v: ENVELOPE_VERSION,
+        job_id: message.job_id,
+        tenant: message.tenant.clone(),
+        region: context.region.region().clone(),
+        outcome: JobOutcome::Succeeded,
+        outputs,
+        error: None,
+        timings,
+        correlation_id: message.correlation_id.clone(),
+        dead_lettered: false,
+        finished_at_ms: None,
+    })
+}
+
+fn check_output_area(context: &JobContext, message: &JobMessage) -> Result<(), Failure> {
+    let limit = context.region.limits.max_output_pixels;
+    let output_pixels: u64 = message
+        .outputs
+        .iter()
+        .map(|o| u64::from(o.width) * u64::from(o.height))
+        .sum();
+    if output_pixels > limit {
+        return Err(too_large(format!(
+            "its outputs ask for {output_pixels} pixels in all, more than limits.max_output_pixels ({limit})"
+        )));
     }
     Ok(())
 }
 
-fn too_large(detail: String) -> JobFailure {
-    JobFailure::failed(ErrorCode::JobTooLarge, detail)
+/// Asks the guard whether an erasure since the job's submission covers it; if so,
+/// removes the job's outputs that a job submitted before the erasure wrote (this one,
+/// an earlier attempt), never a newer job's. Returns whether the job is erased.
+pub async fn leave_nothing_if_erased(
+    context: &JobContext,
+    message: &JobMessage,
+) -> Result<bool, Failure> {
+    let Some(scope) = Scope::of_key(&message.tenant, &message.source_key) else {
+        return Ok(false);
+    };
+    let Some(erased_at) = context
+        .tombstones
+        .erased_since(scope, origin_ms(message))
+        .await?
+    else {
+        return Ok(false);
+    };
+    for output in &message.outputs {
+        let store = context.region.stores().for_key(&output.key);
+        let written_before = store
+            .head_origin(&output.key)
+            .await?
+            .is_some_and(|origin| origin.at_ms <= erased_at);
+        if written_before {
+            store.delete(&output.key).await?;
+        }
+    }
+    Ok(true)
 }
 
-async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobResult, JobFailure> {
-    let started = Instant::now();
-    let mut timings = StageTimings::default();
-    check_admissible(message, context.region(), &context.tenants)?;
-    let limits = context.limits;
-    let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
-    let output_pixels: u64 = requests
-        .iter()
-        .map(|o| u64::from(o.width) * u64::from(o.height))
-        .sum();
-    if output_pixels > limits.max_output_pixels {
-        return Err(too_large(format!(
-            "its outputs ask for {output_pixels} pixels in all, more than limits.max_output_pixels ({})",
-            limits.max_output_pixels
-        )));
-    }
+/// The source fetched and probed, with the job's memory reserved.
+struct Fetched {
+    probe: Probe,
+    source: Bytes,
+    reservation: Reservation,
+}
 
-    // Nothing is deleted here: the outputs' keys may hold what a job submitted after
-    // the erasure wrote.
-    if crate::gdpr::erased_since(context, message).await? {
-        return Err(erased());
-    }
-
-    // The size first, then the header: the job's whole cost is known before its
-    // source is fetched, and a source too large for the limits is never read.
-    let fetch_started = Instant::now();
-    let store = context.stores.for_key(&message.source_key);
+async fn fetch(
+    context: &JobContext,
+    message: &JobMessage,
+    requests: &[OutputRequest],
+) -> Result<Fetched, Failure> {
+    let limits = context.region.limits;
+    let store = context.region.stores().for_key(&message.source_key);
+    // The header first, with the size: the job's whole cost is known before its source
+    // is read, and a source too large for the limits is never read.
     let (head, size) = store.get_prefix(&message.source_key, HEADER_PREFIX).await?;
     if size > limits.max_source_bytes {
         return Err(PipelineError::TooLarge {
@@ -317,7 +300,7 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
     let probed = run_on_pool(&context.cpu_pool, move || pipeline::probe(&probe_head))
         .await
         .map_err(panicked)?;
-    let (probe, mut source) = match probed {
+    let (probe, whole) = match probed {
         Ok(probe) => (probe, complete.then_some(head)),
         Err(err) if complete => return Err(err.into()),
         // The header runs past the prefix (large metadata): read it from the whole source.
@@ -331,8 +314,7 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
         }
     };
     probe.check_limits(size as usize, &limits)?;
-    let options = context.options;
-    let cost = pipeline::memory_cost(&probe, size, &requests, &options);
+    let cost = pipeline::memory_cost(&probe, size, requests, &context.options);
     let Some(reservation) = context.budget.reserve(cost.total()).await else {
         return Err(too_large(format!(
             "it needs {} MiB at its peak (source {} MiB, decoding {} MiB, outputs {} MiB), more than the worker's whole budget of {} MiB (limits.worker_memory_budget)",
@@ -343,19 +325,38 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
             context.budget.total() >> 20
         )));
     };
-    let source = match source.take() {
+    let source = match whole {
         Some(source) => source,
+        // Read whole again rather than appended to the header: one copy in memory.
         None => store.get(&message.source_key).await?,
     };
-    timings.fetch_ms = ms(fetch_started);
-    context.metrics.bytes_read(source.len());
+    Ok(Fetched {
+        probe,
+        source,
+        reservation,
+    })
+}
 
+async fn render_and_store(
+    context: &JobContext,
+    message: &JobMessage,
+    timings: &mut StageTimings,
+) -> Result<Vec<OutputInfo>, Failure> {
+    let requests: Vec<OutputRequest> = message.outputs.iter().map(OutputRequest::from).collect();
+    let fetch_started = Instant::now();
+    let Fetched {
+        probe,
+        source,
+        reservation,
+    } = fetch(context, message, &requests).await?;
+    timings.fetch_ms = ms(fetch_started);
+    let metrics = &context.region.metrics;
+    metrics.bytes_read(source.len());
     let in_flight = (
-        context.metrics.memory_in_flight(reservation.bytes),
-        context
-            .metrics
-            .pixels_in_flight(u64::from(probe.width) * u64::from(probe.height)),
+        metrics.memory_in_flight(reservation.bytes),
+        metrics.pixels_in_flight(u64::from(probe.width) * u64::from(probe.height)),
     );
+    let options = context.options;
     // The reservation travels with the work: if the job is abandoned (its deadline),
     // it is given back only when the work is done.
     let (rendered, reservation) = run_on_pool(&context.cpu_pool, move || {
@@ -370,68 +371,53 @@ async fn run_job(context: &WorkerContext, message: &JobMessage) -> Result<JobRes
     timings.encode_ms = rendered.timings.encode_ms;
 
     let store_started = Instant::now();
-    let mut outputs = Vec::with_capacity(rendered.outputs.len());
-    for (encoded, spec) in rendered.outputs.into_iter().zip(&message.outputs) {
+    let outputs = store_outputs(context, message, rendered.outputs).await?;
+    drop(in_flight);
+    drop(reservation);
+    timings.store_ms = ms(store_started);
+    Ok(outputs)
+}
+
+async fn store_outputs(
+    context: &JobContext,
+    message: &JobMessage,
+    encoded: Vec<pipeline::EncodedOutput>,
+) -> Result<Vec<OutputInfo>, StoreError> {
+    let region: &RegionId = context.region.region();
+    let origin = Origin {
+        at_ms: origin_ms(message),
+        job: Some(message.job_id),
+    };
+    let mut outputs = Vec::with_capacity(encoded.len());
+    for (encoded, spec) in encoded.into_iter().zip(&message.outputs) {
         let bytes = encoded.bytes.len() as u64;
-        context.metrics.bytes_written(encoded.bytes.len());
-        let stored = context
-            .stores
+        context.region.metrics.bytes_written(encoded.bytes.len());
+        context
+            .region
+            .stores()
             .for_key(&spec.key)
-            .put(&spec.key, Bytes::from(encoded.bytes))
-            .await;
-        if let Err(err) = stored {
-            // A retry would stop at the first tombstone check: what this attempt
-            // stored must go now if an erasure came meanwhile.
-            if crate::gdpr::erased_since(context, message).await? {
-                remove_outputs(context, &outputs).await?;
-                return Err(erased());
-            }
-            return Err(err.into());
-        }
+            .put_tagged(
+                &spec.key,
+                Bytes::from(encoded.bytes),
+                Some(&origin),
+                Some(encoded.format.mime_type()),
+            )
+            .await?;
         outputs.push(OutputInfo {
             name: encoded.name,
             key: spec.key.clone(),
-            region: context.region().clone(),
+            region: region.clone(),
             width: encoded.width,
             height: encoded.height,
             format: encoded.format,
             bytes,
         });
     }
-    // An erasure may have come while the job ran: then nothing of it stays behind.
-    if crate::gdpr::erased_since(context, message).await? {
-        remove_outputs(context, &outputs).await?;
-        return Err(erased());
-    }
-    drop(in_flight);
-    drop(reservation);
-    timings.store_ms = ms(store_started);
-    timings.total_ms = ms(started);
-    context.metrics.stages(&[
-        (Stage::Fetch, timings.fetch_ms),
-        (Stage::Decode, timings.decode_ms),
-        (Stage::Resize, timings.resize_ms),
-        (Stage::Encode, timings.encode_ms),
-        (Stage::Store, timings.store_ms),
-    ]);
-
-    Ok(JobResult {
-        v: ENVELOPE_VERSION,
-        job_id: message.job_id,
-        tenant: message.tenant.clone(),
-        region: context.region().clone(),
-        outcome: JobOutcome::Succeeded,
-        outputs,
-        error: None,
-        timings,
-        correlation_id: message.correlation_id.clone(),
-        dead_lettered: false,
-        finished_at_ms: None,
-    })
+    Ok(outputs)
 }
 
 /// The result to report for a failure.
-pub fn failure_result(message: &JobMessage, region: &RegionId, failure: &JobFailure) -> JobResult {
+pub fn failure_result(message: &JobMessage, region: &RegionId, failure: &Failure) -> JobResult {
     JobResult::unsuccessful(
         message.job_id,
         message.tenant.clone(),
@@ -440,8 +426,4 @@ pub fn failure_result(message: &JobMessage, region: &RegionId, failure: &JobFail
         JobError::new(failure.code, failure.message.clone()),
         message.correlation_id.clone(),
     )
-}
-
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
 }

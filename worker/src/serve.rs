@@ -1,22 +1,19 @@
-//! The one job loop, for every transport: pick (interactive before batch), admit
-//! (the pixel budget, inside the job), process, settle.
+//! The one loop, for every transport: pick (the control plane's requests, then
+//! interactive before batch), run (a job in [`crate::job`], a request in
+//! [`crate::rights`]), settle.
 //!
-//! A transport is a [`JobSource`] whose deliveries settle as ack, retry after a
-//! backoff, dead-letter or release, plus an [`EventSink`] for started and finished
-//! events. The in-process queue of `locality up` and RabbitMQ are the two adapters
-//! (`crate::transport`); everything else about a job is decided here, once, by
-//! [`settle`], a pure function of the attempt, the limit and the verdict.
+//! How a delivery settles is decided once, by [`settle`], a pure function of the
+//! attempt, the retry limit (attempts for a job, a deadline for a request) and the
+//! verdict; the transports only carry it out (see [`crate::seam`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use locality_proto::audit::AuditKind;
-use locality_proto::gdpr::RegionRequest;
-use locality_proto::time::now_millis;
+use locality_proto::gdpr::{RegionRequest, RequestFailure};
+use locality_proto::time::{now_millis, Millis};
 use locality_proto::{
-    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Recovery, RegionId, TenantId,
-    WorkerEvent,
+    ErrorCode, JobError, JobMessage, JobOutcome, JobResult, Recovery, WorkerEvent,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -24,104 +21,50 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::audit::Entry;
-use crate::job::{failure_result, process_job, JobFailure, WorkerContext};
+use crate::failure::Failure;
+use crate::job::{self, failure_result, JobContext};
+use crate::rights::{self, RightsContext, Step};
+use crate::seam::{Delivery, EventSink, Incoming, JobSource, Received, Unreadable};
 
-/// A transport could not do what was asked (the broker went away, a publish was refused).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransportError {
-    #[error(transparent)]
-    Broker(#[from] locality_broker::BrokerError),
-    #[error("the queue is closed")]
-    Closed,
+/// What a worker of one region runs: jobs, and the control plane's requests.
+pub struct Worker {
+    pub jobs: JobContext,
+    pub rights: RightsContext,
 }
 
-/// What a delivery carried.
-#[derive(Debug)]
-pub enum Received {
-    Job(Box<JobMessage>),
-    /// A request of the control plane (erase, export), taken before any job.
-    Request(Box<RegionRequest>),
-    Unreadable(Unreadable),
-}
-
-/// A message that could not be read as a job (content type, schema version, JSON).
-#[derive(Debug)]
-pub struct Unreadable {
-    /// `malformed_message`, or `bad_signature` for a message the region's key did not sign.
-    pub code: ErrorCode,
-    pub reason: String,
-    /// Whose it is, when its headers say (the scheduler sets them): it then gets a
-    /// failed result; otherwise it can only be dead-lettered.
-    pub tenant: Option<TenantId>,
-    pub job_id: Option<uuid::Uuid>,
-    pub correlation_id: Option<String>,
-}
-
-/// One message taken from a [`JobSource`], not yet settled.
-pub struct Incoming<D> {
-    pub received: Received,
-    /// Which attempt this is (1 = first), counted by Locality: a retried job comes back
-    /// with this raised.
-    pub attempt: u32,
-    /// Times this message was handed out before and came back unsettled (its worker
-    /// stopped or died while holding it).
-    pub returned_unsettled: u32,
-    pub delivery: D,
-}
-
-/// How one delivery is settled; every call consumes it.
-pub trait Delivery: Send + 'static {
-    fn ack(self) -> impl Future<Output = Result<(), TransportError>> + Send;
-    /// Back to its queue after `delay`, as attempt `attempt + 1`.
-    fn retry(
-        self,
-        attempt: u32,
-        delay: Duration,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send;
-    /// Into the dead-letter queue; kept there for operators.
-    fn dead_letter(self) -> impl Future<Output = Result<(), TransportError>> + Send;
-    /// Back to its queue as it is, because it could not be settled (its result could
-    /// not be reported): nothing was decided about it.
-    fn release(self) -> impl Future<Output = Result<(), TransportError>> + Send;
-}
-
-/// Where jobs come from.
-pub trait JobSource: Send {
-    type Delivery: Delivery;
-    /// The next message, interactive before batch. `None` when the source is gone
-    /// (the connection was lost, the queue closed).
-    fn next(&mut self) -> impl Future<Output = Option<Incoming<Self::Delivery>>> + Send;
-    /// Take no more messages; what was taken is still settled.
-    fn stop(&mut self) -> impl Future<Output = ()> + Send;
-}
-
-/// Where a worker reports what happens to its jobs.
-pub trait EventSink: Send + Sync + 'static {
-    /// Returns once the event is safely on its way (confirmed by the broker).
-    fn publish(
-        &self,
-        event: WorkerEvent,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send;
-}
-
-/// What became of a delivery's job, as far as settling is concerned.
+/// What became of a delivery, as far as settling is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Succeeded,
     Failed(Recovery),
-    /// The message could not be read as a job.
+    /// A request did a share of its work; the rest goes on in a new delivery.
+    Continue,
+    /// Another delivery of the same request is at work: look again after `after`.
+    Wait {
+        after: Duration,
+    },
+    /// The message could not be read.
     Unreadable,
     /// It came back unsettled `limits.delivery_limit` times: it is not run again.
     ReturnedTooOften,
+}
+
+/// How many tries a delivery gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryLimit {
+    /// A job: `limits.delivery_limit` attempts.
+    Attempts(u32),
+    /// A request: until its deadline (Unix ms), however many attempts that takes;
+    /// `now` is the clock to compare with.
+    Until { deadline_ms: Millis, now_ms: Millis },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Done, with a result reported.
     Ack,
-    /// Tried again after `delay`, with no result yet.
-    Retry { delay: Duration },
+    /// Back to its queue after `delay` as attempt `next_attempt`, with no result yet.
+    Retry { delay: Duration, next_attempt: u32 },
     /// Moved to the dead-letter queue, with a failed result reported.
     DeadLetter,
 }
@@ -132,12 +75,28 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_secs((1u64 << doublings).min(60))
 }
 
-/// How to settle attempt `attempt` (1-based) of a job, given `limit` attempts.
-pub fn settle(attempt: u32, limit: u32, verdict: Verdict) -> Disposition {
+/// How to settle attempt `attempt` (1-based) given its retry limit and verdict.
+pub fn settle(attempt: u32, limit: RetryLimit, verdict: Verdict) -> Disposition {
+    let may_retry = match limit {
+        RetryLimit::Attempts(limit) => attempt < limit,
+        RetryLimit::Until {
+            deadline_ms,
+            now_ms,
+        } => now_ms < deadline_ms,
+    };
     match verdict {
         Verdict::Succeeded | Verdict::Failed(Recovery::Abort) => Disposition::Ack,
-        Verdict::Failed(Recovery::Retry) if attempt < limit => Disposition::Retry {
+        Verdict::Failed(Recovery::Retry) if may_retry => Disposition::Retry {
             delay: retry_delay(attempt),
+            next_attempt: attempt + 1,
+        },
+        Verdict::Continue => Disposition::Retry {
+            delay: Duration::ZERO,
+            next_attempt: 1,
+        },
+        Verdict::Wait { after } => Disposition::Retry {
+            delay: after,
+            next_attempt: attempt,
         },
         Verdict::Failed(Recovery::Retry) | Verdict::Unreadable | Verdict::ReturnedTooOften => {
             Disposition::DeadLetter
@@ -148,19 +107,19 @@ pub fn settle(attempt: u32, limit: u32, verdict: Verdict) -> Disposition {
 /// How a [`serve`] run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// Shutdown was asked for: in-flight jobs were finished and settled.
+    /// Shutdown was asked for: in-flight work was finished and settled.
     Shutdown,
-    /// The source went away; in-flight jobs were finished (their settlement may have
-    /// failed, and the transport gives them back).
+    /// The source went away; in-flight work was finished (its settlement may have
+    /// failed, and the transport gives it back).
     SourceLost,
 }
 
-/// Takes jobs from `source` until `shutdown` or until the source is gone, running at
+/// Takes work from `source` until `shutdown` or until the source is gone, running at
 /// most `slots` at once. A slot is taken before the next message is picked, so the
 /// pick always sees every waiting priority. On the way out: stop taking work, finish
 /// what runs, settle it.
 pub async fn serve<S: JobSource, E: EventSink>(
-    context: Arc<WorkerContext>,
+    worker: Arc<Worker>,
     mut source: S,
     events: Arc<E>,
     slots: usize,
@@ -168,6 +127,7 @@ pub async fn serve<S: JobSource, E: EventSink>(
 ) -> Ended {
     let free_slots = Arc::new(Semaphore::new(slots.max(1)));
     let mut in_flight = JoinSet::new();
+    let region = worker.jobs.region().region().clone();
     let ended = loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break Ended::Shutdown,
@@ -181,9 +141,9 @@ pub async fn serve<S: JobSource, E: EventSink>(
                 None => break Ended::SourceLost,
             },
         };
-        let (context, events) = (context.clone(), events.clone());
+        let (worker, events) = (worker.clone(), events.clone());
         in_flight.spawn(async move {
-            handle(&context, events.as_ref(), incoming).await;
+            handle(&worker, events.as_ref(), incoming).await;
             drop(slot);
         });
         // Reap finished tasks so the set does not grow without bound.
@@ -191,199 +151,199 @@ pub async fn serve<S: JobSource, E: EventSink>(
     };
     source.stop().await;
     if !in_flight.is_empty() {
-        tracing::info!(region = %context.region(), jobs = in_flight.len(), "finishing jobs in flight");
+        tracing::info!(%region, jobs = in_flight.len(), "finishing work in flight");
     }
     while in_flight.join_next().await.is_some() {}
     ended
 }
 
 /// One delivery from start to settlement.
-async fn handle<D: Delivery, E: EventSink>(
-    context: &WorkerContext,
-    events: &E,
-    incoming: Incoming<D>,
-) {
+async fn handle<D: Delivery, E: EventSink>(worker: &Worker, events: &E, incoming: Incoming<D>) {
     let Incoming {
         received,
         attempt,
         returned_unsettled,
         delivery,
     } = incoming;
-    let region = context.region();
-    let limit = context.limits.delivery_limit;
-    let message = match received {
-        Received::Job(message) => message,
+    match received {
+        Received::Job(message) => {
+            handle_job(
+                worker,
+                events,
+                *message,
+                attempt,
+                returned_unsettled,
+                delivery,
+            )
+            .await
+        }
         Received::Request(request) => {
-            return handle_request(context, events, *request, attempt, delivery).await;
+            handle_request(
+                worker,
+                events,
+                *request,
+                attempt,
+                returned_unsettled,
+                delivery,
+            )
+            .await
         }
         Received::Unreadable(unreadable) => {
-            tracing::warn!(%region, code = %unreadable.code, reason = %unreadable.reason, "unreadable job message: dead-lettered");
-            let result = unreadable.result(region);
-            // Nothing of it was read as a job: nothing to record as processed.
-            return finish(
-                context,
-                events,
-                delivery,
-                Verdict::Unreadable,
-                attempt,
-                result,
-                None,
-            )
-            .await;
+            handle_unreadable(worker, events, unreadable, delivery).await
         }
-    };
-    let span = tracing::info_span!("job", job_id = %message.job_id, tenant = %message.tenant, %region, attempt);
-    async move {
-        if returned_unsettled >= limit {
-            // Every earlier delivery ended without an answer: its worker died on it.
-            let failure = JobFailure::failed(
-                ErrorCode::DeliveryLimitReached,
-                format!("came back unsettled {returned_unsettled} times (limit {limit}): not run again; dead-lettered"),
-            );
-            let result = failure_result(&message, region, &failure);
-            return finish(context, events, delivery, Verdict::ReturnedTooOften, attempt, Some(result), Some(&message)).await;
-        }
-        let started = WorkerEvent::Started {
-            job_id: message.job_id,
-            tenant: message.tenant.clone(),
-            region: region.clone(),
-        };
-        if events.publish(started).await.is_err() {
-            return release(delivery).await;
-        }
-        let in_flight = context.metrics.job_in_flight();
-        let outcome = process_job(context, &message).await;
-        drop(in_flight);
-        let (verdict, result) = match outcome {
-            Ok(result) => (Verdict::Succeeded, result),
-            Err(failure) => {
-                let verdict = Verdict::Failed(failure.recovery());
-                (verdict, failure_result(&message, region, &failure))
-            }
-        };
-        finish(context, events, delivery, verdict, attempt, Some(result), Some(&message)).await;
     }
-    .instrument(span)
-    .await
 }
 
-/// One request of the control plane: carried out (it reports on itself as it goes),
-/// then settled by the same rule as a job.
-async fn handle_request<D: Delivery, E: EventSink>(
-    context: &WorkerContext,
+async fn handle_unreadable<D: Delivery, E: EventSink>(
+    worker: &Worker,
     events: &E,
-    request: RegionRequest,
-    attempt: u32,
+    unreadable: Unreadable,
     delivery: D,
 ) {
-    let region = context.region();
-    let span = tracing::info_span!("request", id = %request.id(), tenant = %request.tenant(), %region, attempt);
-    async move {
-        let outcome = if request.region() != region || !context.serves(request.tenant()) {
-            Err(JobFailure::failed(
-                ErrorCode::TenantNotInRegion,
-                format!(
-                    "residency: a request for tenant {} in region {} reached region {region}",
-                    request.tenant(),
-                    request.region()
-                ),
-            ))
-        } else {
-            match &request {
-                RegionRequest::Erase(erase) => crate::gdpr::erase(context, events, erase).await,
-                RegionRequest::Export(export) => crate::gdpr::export(context, events, export).await,
-            }
-        };
-        let verdict = match &outcome {
-            Ok(()) => Verdict::Succeeded,
-            Err(failure) => {
-                tracing::warn!(code = %failure.code, reason = %failure.message, "request failed");
-                Verdict::Failed(failure.recovery())
-            }
-        };
-        let settled = match settle(attempt, context.limits.delivery_limit, verdict) {
-            // A request failing for good is kept for operators in the dead-letter queue:
-            // its part stays pending in the control plane until someone replays it.
-            Disposition::Ack if outcome.is_err() => delivery.dead_letter().await,
-            Disposition::Ack => delivery.ack().await,
-            Disposition::Retry { delay } => delivery.retry(attempt, delay).await,
-            Disposition::DeadLetter => delivery.dead_letter().await,
-        };
-        if let Err(err) = settled {
-            tracing::warn!(error = %err, "could not settle a request; it will be delivered again");
+    let region = worker.jobs.region();
+    tracing::warn!(region = %region.region(), code = %unreadable.code, reason = %unreadable.reason, "unreadable message: dead-lettered");
+    region.metrics.dead_lettered(unreadable.code);
+    // Only a message the region's key signed speaks for a job: an unsigned one, whatever
+    // it names, yields no result for anyone.
+    if let Some(owner) = unreadable.owner {
+        let result = JobResult::unsuccessful(
+            owner.job_id,
+            owner.tenant,
+            region.region().clone(),
+            JobOutcome::Failed,
+            JobError::new(
+                unreadable.code,
+                format!("{}; moved to the dead-letter queue", unreadable.reason),
+            ),
+            owner.correlation_id,
+        );
+        let mut result = result;
+        result.dead_lettered = true;
+        result.finished_at_ms = Some(now_millis());
+        if events.publish(WorkerEvent::Finished(result)).await.is_err() {
+            return release(delivery).await;
         }
+    }
+    if let Err(err) = delivery.dead_letter().await {
+        tracing::warn!(error = %err, "could not dead-letter a message; it will be delivered again");
+    }
+}
+
+async fn handle_job<D: Delivery, E: EventSink>(
+    worker: &Worker,
+    events: &E,
+    message: JobMessage,
+    attempt: u32,
+    returned_unsettled: u32,
+    delivery: D,
+) {
+    let context = &worker.jobs;
+    let region = context.region().region();
+    let limit = context.region().limits.delivery_limit;
+    let span = tracing::info_span!("job", job_id = %message.job_id, tenant = %message.tenant, %region, attempt);
+    async move {
+        let (verdict, result) = if returned_unsettled >= limit {
+            // Every earlier delivery ended without an answer: its worker died on it. It
+            // is not run again, but an erased job still leaves nothing.
+            let failure = match job::leave_nothing_if_erased(context, &message).await {
+                Ok(true) => Failure::failed(ErrorCode::Erased, "its subject, asset or tenant was erased after the job was submitted; it leaves nothing"),
+                _ => Failure::failed(
+                    ErrorCode::DeliveryLimitReached,
+                    format!("came back unsettled {returned_unsettled} times (limit {limit}): not run again; dead-lettered"),
+                ),
+            };
+            (Verdict::ReturnedTooOften, failure_result(&message, region, &failure))
+        } else {
+            let started = WorkerEvent::Started {
+                job_id: message.job_id,
+                tenant: message.tenant.clone(),
+                region: region.clone(),
+            };
+            if events.publish(started).await.is_err() {
+                return release(delivery).await;
+            }
+            let in_flight = context.region().metrics.job_in_flight();
+            let outcome = job::run(context, &message).await;
+            drop(in_flight);
+            match outcome {
+                Ok(result) => (Verdict::Succeeded, result),
+                Err(failure) => (
+                    Verdict::Failed(failure.recovery()),
+                    failure_result(&message, region, &failure),
+                ),
+            }
+        };
+        finish_job(worker, events, delivery, verdict, attempt, result, &message).await;
     }
     .instrument(span)
     .await
 }
 
-/// Settles a delivery as [`settle`] decides, reporting its result first unless it is
-/// retried. A job's result is recorded in the region's audit before it is reported, so
-/// every reported job is in the record of the region that ran it.
-async fn finish<D: Delivery, E: EventSink>(
-    context: &WorkerContext,
+/// Settles a job's delivery as [`settle`] decides, reporting its result first unless it
+/// is retried. A job's result is recorded in the region's audit before it is reported,
+/// so every reported job is in the record of the region that ran it.
+async fn finish_job<D: Delivery, E: EventSink>(
+    worker: &Worker,
     events: &E,
     delivery: D,
     verdict: Verdict,
     attempt: u32,
-    result: Option<JobResult>,
-    message: Option<&JobMessage>,
+    mut result: JobResult,
+    message: &JobMessage,
 ) {
-    let disposition = settle(attempt, context.limits.delivery_limit, verdict);
-    let code = result
-        .as_ref()
-        .and_then(|r| r.error.as_ref())
-        .map(|e| e.code);
-    if let Disposition::Retry { delay } = disposition {
+    let region = worker.jobs.region();
+    let limit = RetryLimit::Attempts(region.limits.delivery_limit);
+    let disposition = settle(attempt, limit, verdict);
+    let code = result.error.as_ref().map(|e| e.code);
+    if let Disposition::Retry {
+        delay,
+        next_attempt,
+    } = disposition
+    {
         let code = code.unwrap_or(ErrorCode::InternalError);
         tracing::warn!(attempt, code = %code, ?delay, "transient failure; the job goes back to its queue");
-        context.metrics.retried(code);
-        if let Err(err) = delivery.retry(attempt, delay).await {
+        region.metrics.retried(code);
+        if let Err(err) = delivery.retry(next_attempt, delay).await {
             tracing::warn!(error = %err, "could not give the job back for a retry");
         }
         return;
     }
-    if let Some(mut result) = result {
-        if disposition == Disposition::DeadLetter {
-            result.dead_lettered = true;
-            if verdict == Verdict::Failed(Recovery::Retry) {
-                if let Some(error) = &mut result.error {
-                    error.message =
-                        format!("{} (gave up after {attempt} deliveries)", error.message);
-                }
+    if disposition == Disposition::DeadLetter {
+        result.dead_lettered = true;
+        if verdict == Verdict::Failed(Recovery::Retry) {
+            if let Some(error) = &mut result.error {
+                error.message = format!("{} (gave up after {attempt} deliveries)", error.message);
             }
         }
-        let outcome = result.outcome;
-        result.finished_at_ms = Some(now_millis());
-        if let Some(message) = message {
-            if let Err(err) = audit_job(context, message, &result).await {
-                // Outputs were written, so the record must be too: the job runs again.
-                // A failure (often the store itself being down) is still reported, or
-                // it would never be; the residency report names it as not recorded.
-                if verdict == Verdict::Succeeded {
-                    tracing::warn!(error = %err, "could not record the job in the region's record of processing");
-                    return release(delivery).await;
-                }
-                tracing::warn!(error = %err, "could not record the failed job in the region's record of processing; reporting it without");
-                context.metrics.unrecorded_job();
-            }
-        }
-        match &result.error {
-            None => tracing::info!(attempt, "job succeeded"),
-            Some(error) => {
-                tracing::info!(attempt, code = %error.code, reason = %error.message, "job failed")
-            }
-        }
-        if events.publish(WorkerEvent::Finished(result)).await.is_err() {
-            // Unreported: settle nothing, so the job is delivered again.
+    }
+    let outcome = result.outcome;
+    result.finished_at_ms = Some(now_millis());
+    if let Err(err) = audit_job(region, message, &result).await {
+        // Outputs were written, so the record must be too: the job runs again. A
+        // failure (often the store itself being down) is still reported, or it would
+        // never be; the residency report names it as not recorded.
+        if verdict == Verdict::Succeeded {
+            tracing::warn!(error = %err, "could not record the job in the region's record of processing");
             return release(delivery).await;
         }
-        context.metrics.settled(outcome, code);
+        tracing::warn!(error = %err, "could not record the failed job in the region's record of processing; reporting it without");
+        region.metrics.unrecorded_job();
     }
+    match &result.error {
+        None => tracing::info!(attempt, "job succeeded"),
+        Some(error) => {
+            tracing::info!(attempt, code = %error.code, reason = %error.message, "job failed")
+        }
+    }
+    if events.publish(WorkerEvent::Finished(result)).await.is_err() {
+        // Unreported: settle nothing, so the job is delivered again.
+        return release(delivery).await;
+    }
+    region.metrics.settled(outcome, code);
     let settled = match disposition {
         Disposition::Ack => delivery.ack().await,
         Disposition::DeadLetter => {
-            context
+            region
                 .metrics
                 .dead_lettered(code.unwrap_or(ErrorCode::MalformedMessage));
             delivery.dead_letter().await
@@ -395,8 +355,81 @@ async fn finish<D: Delivery, E: EventSink>(
     }
 }
 
+/// One request of the control plane: a share of its work carried out (it reports on
+/// itself as it goes), then settled by the same rule as a job, with its deadline as
+/// its limit. A failure is reported to the control plane, which shows the part as
+/// failed and sends it again until its deadline.
+async fn handle_request<D: Delivery, E: EventSink>(
+    worker: &Worker,
+    events: &E,
+    request: RegionRequest,
+    attempt: u32,
+    returned_unsettled: u32,
+    delivery: D,
+) {
+    let context = &worker.rights;
+    let region = context.region();
+    let span = tracing::info_span!("request", id = %request.id(), tenant = %request.tenant(), region = %region.region(), attempt);
+    async move {
+        let outcome = if returned_unsettled >= region.limits.delivery_limit {
+            Err(Failure::failed(
+                ErrorCode::DeliveryLimitReached,
+                format!("came back unsettled {returned_unsettled} times: its worker stops on it"),
+            ))
+        } else {
+            rights::carry_out(context, events, &request).await
+        };
+        let verdict = match &outcome {
+            Ok(Step::Done) => Verdict::Succeeded,
+            Ok(Step::More) => Verdict::Continue,
+            Ok(Step::Later(after)) => Verdict::Wait { after: *after },
+            Err(failure) if failure.code == ErrorCode::DeliveryLimitReached => {
+                Verdict::ReturnedTooOften
+            }
+            Err(failure) => Verdict::Failed(failure.recovery()),
+        };
+        let limit = RetryLimit::Until {
+            deadline_ms: request.deadline_ms(),
+            now_ms: now_millis(),
+        };
+        let disposition = settle(attempt, limit, verdict);
+        if let Err(failure) = &outcome {
+            let retrying = matches!(disposition, Disposition::Retry { .. });
+            tracing::warn!(code = %failure.code, reason = %failure.message, retrying, "request failed");
+            let report = WorkerEvent::RequestFailed(RequestFailure {
+                request_id: request.id(),
+                kind: request.kind(),
+                tenant: request.tenant().clone(),
+                region: region.region().clone(),
+                code: failure.code,
+                reason: failure.message.clone(),
+                retrying,
+            });
+            // While it is retried the report is news, not a promise: the broker may be
+            // the very thing that is down. A final one must reach the control plane.
+            if events.publish(report).await.is_err() && !retrying {
+                return release(delivery).await;
+            }
+        }
+        let settled = match disposition {
+            Disposition::Ack => delivery.ack().await,
+            Disposition::Retry {
+                delay,
+                next_attempt,
+            } => delivery.retry(next_attempt, delay).await,
+            // Reported as failed: the control plane holds the request and sends it again.
+            Disposition::DeadLetter => delivery.dead_letter().await,
+        };
+        if let Err(err) = settled {
+            tracing::warn!(error = %err, "could not settle a request; it will be delivered again");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
 async fn audit_job(
-    context: &WorkerContext,
+    region: &crate::region::RegionContext,
     message: &JobMessage,
     result: &JobResult,
 ) -> Result<(), crate::store::StoreError> {
@@ -413,31 +446,13 @@ async fn audit_job(
     .counts(result.outputs.len() as u64, written)
     .of_original(&message.source_key);
     entry.outcome = Some(outcome.to_string());
-    context.audit.record(entry).await
+    region.audit.record(entry).await
 }
 
 async fn release<D: Delivery>(delivery: D) {
-    tracing::warn!("could not report on a job; it goes back to its queue unsettled");
+    tracing::warn!("could not report on a delivery; it goes back to its queue unsettled");
     if let Err(err) = delivery.release().await {
         tracing::warn!(error = %err, "could not release a delivery; the transport gives it back");
-    }
-}
-
-impl Unreadable {
-    /// A failed result, when the headers say whose message it was.
-    fn result(self, region: &RegionId) -> Option<JobResult> {
-        let tenant = self.tenant?;
-        Some(JobResult::unsuccessful(
-            self.job_id.unwrap_or_default(),
-            tenant,
-            region.clone(),
-            JobOutcome::Failed,
-            JobError::new(
-                self.code,
-                format!("{}; moved to the dead-letter queue", self.reason),
-            ),
-            self.correlation_id,
-        ))
     }
 }
 
@@ -445,51 +460,91 @@ impl Unreadable {
 mod tests {
     use super::*;
 
+    const JOB: RetryLimit = RetryLimit::Attempts(5);
+
     #[test]
     fn successes_and_permanent_failures_are_acked_at_any_attempt() {
         for attempt in [1, 3, 5, 9] {
-            assert_eq!(settle(attempt, 5, Verdict::Succeeded), Disposition::Ack);
+            assert_eq!(settle(attempt, JOB, Verdict::Succeeded), Disposition::Ack);
             assert_eq!(
-                settle(attempt, 5, Verdict::Failed(Recovery::Abort)),
+                settle(attempt, JOB, Verdict::Failed(Recovery::Abort)),
                 Disposition::Ack
             );
         }
     }
 
     #[test]
-    fn transient_failures_are_retried_with_growing_backoff_until_the_limit() {
+    fn transient_failures_of_a_job_are_retried_with_growing_backoff_until_the_limit() {
+        let retry = |attempt| settle(attempt, JOB, Verdict::Failed(Recovery::Retry));
         assert_eq!(
-            settle(1, 5, Verdict::Failed(Recovery::Retry)),
+            retry(1),
             Disposition::Retry {
-                delay: Duration::from_secs(1)
+                delay: Duration::from_secs(1),
+                next_attempt: 2
             }
         );
         assert_eq!(
-            settle(4, 5, Verdict::Failed(Recovery::Retry)),
+            retry(4),
             Disposition::Retry {
-                delay: Duration::from_secs(8)
+                delay: Duration::from_secs(8),
+                next_attempt: 5
             }
         );
-        assert_eq!(
-            settle(5, 5, Verdict::Failed(Recovery::Retry)),
-            Disposition::DeadLetter
-        );
-        assert_eq!(
-            settle(7, 5, Verdict::Failed(Recovery::Retry)),
-            Disposition::DeadLetter
-        );
+        assert_eq!(retry(5), Disposition::DeadLetter);
+        assert_eq!(retry(7), Disposition::DeadLetter);
         // A limit of one means no retry at all.
         assert_eq!(
-            settle(1, 1, Verdict::Failed(Recovery::Retry)),
+            settle(1, RetryLimit::Attempts(1), Verdict::Failed(Recovery::Retry)),
             Disposition::DeadLetter
         );
     }
 
     #[test]
-    fn unreadable_and_crash_looping_messages_are_dead_lettered_at_once() {
-        assert_eq!(settle(1, 5, Verdict::Unreadable), Disposition::DeadLetter);
+    fn a_request_is_retried_whatever_its_attempt_until_its_deadline() {
+        let before = RetryLimit::Until {
+            deadline_ms: 1_000,
+            now_ms: 999,
+        };
+        let after = RetryLimit::Until {
+            deadline_ms: 1_000,
+            now_ms: 1_000,
+        };
+        let transient = Verdict::Failed(Recovery::Retry);
         assert_eq!(
-            settle(1, 5, Verdict::ReturnedTooOften),
+            settle(40, before, transient),
+            Disposition::Retry {
+                delay: Duration::from_secs(60),
+                next_attempt: 41
+            }
+        );
+        assert_eq!(settle(40, after, transient), Disposition::DeadLetter);
+        assert_eq!(settle(3, after, Verdict::Succeeded), Disposition::Ack);
+    }
+
+    #[test]
+    fn a_share_of_work_continues_at_once_and_a_busy_request_waits() {
+        assert_eq!(
+            settle(4, JOB, Verdict::Continue),
+            Disposition::Retry {
+                delay: Duration::ZERO,
+                next_attempt: 1
+            }
+        );
+        let after = Duration::from_secs(30);
+        assert_eq!(
+            settle(2, JOB, Verdict::Wait { after }),
+            Disposition::Retry {
+                delay: after,
+                next_attempt: 2
+            }
+        );
+    }
+
+    #[test]
+    fn unreadable_and_crash_looping_messages_are_dead_lettered_at_once() {
+        assert_eq!(settle(1, JOB, Verdict::Unreadable), Disposition::DeadLetter);
+        assert_eq!(
+            settle(1, JOB, Verdict::ReturnedTooOften),
             Disposition::DeadLetter
         );
     }

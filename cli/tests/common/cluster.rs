@@ -105,7 +105,7 @@ impl Cluster {
             buckets,
             base_url: String::new(),
             results,
-            http: reqwest::Client::new(),
+            http: super::http_client(),
             worker_args: spec.worker_args,
         };
         cluster.add_scheduler().await;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use locality_proto::audit::AUDIT_PREFIX;
 use locality_proto::gdpr::PurgeBatch;
+use locality_proto::gdpr::RIGHTS_PREFIX;
 use serde_json::Value;
 
 use super::api_key;
@@ -21,11 +22,11 @@ pub trait Deployment {
     /// Stores an original for `tenant` as a client of this deployment does, with the
     /// upload's query (`?region=&subject=&asset=`, or empty); asserts 201.
     async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>);
-    /// Every object key in a region's store, the region's record of processing
-    /// (`.audit/`) aside.
+    /// Every object key in a region's store, the region's own records aside (its record
+    /// of processing, `.audit/`, and its account of rights, `.rights/`).
     async fn objects(&self, region: &str) -> Vec<String> {
         let mut keys = self.stored_keys(region).await;
-        keys.retain(|key| !key.starts_with(AUDIT_PREFIX));
+        keys.retain(|key| !key.starts_with(AUDIT_PREFIX) && !key.starts_with(RIGHTS_PREFIX));
         keys
     }
     /// The keys of the region's record of processing.
@@ -49,6 +50,10 @@ pub trait Deployment {
     fn logs(&self) -> String;
     /// How many results were reported for each of these jobs.
     fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize>;
+    /// Everything the control store holds, as bytes a search can read: a pg_dump, or
+    /// `locality up`'s SQLite file with its write-ahead log (deleted rows included, if
+    /// they were left on disk).
+    fn control_store_dump(&self) -> Vec<u8>;
 
     async fn upload(&self, tenant: &str, key: &str, bytes: Vec<u8>) {
         self.upload_with(tenant, key, "", bytes).await;
@@ -237,6 +242,17 @@ impl Deployment for Embedded {
     fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize> {
         settled_in_logs(&self.logs(), job_ids)
     }
+
+    fn control_store_dump(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for file in ["control.sqlite", "control.sqlite-wal"] {
+            if let Ok(content) = std::fs::read(self.data_dir.path().join(file)) {
+                bytes.extend(content);
+            }
+        }
+        assert!(!bytes.is_empty(), "no control store in the data directory");
+        bytes
+    }
 }
 
 impl Deployment for Cluster {
@@ -257,7 +273,7 @@ impl Deployment for Cluster {
     /// there, with the API key again: clients drop credentials on a redirect to another
     /// host, as they should. The image never reaches the scheduler.
     async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>) {
-        let no_redirects = reqwest::Client::builder()
+        let no_redirects = super::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
@@ -342,5 +358,10 @@ impl Deployment for Cluster {
     /// Results as published on `locality.results`.
     fn reports_per_job(&self, job_ids: &BTreeSet<String>) -> BTreeMap<String, usize> {
         self.results.count_per_job(job_ids)
+    }
+
+    fn control_store_dump(&self) -> Vec<u8> {
+        let url = self.config.scheduler.database_url.as_deref().unwrap();
+        super::database::dump(url).into_bytes()
     }
 }

@@ -62,7 +62,7 @@ impl Embedded {
             base_url,
             data_dir,
             config,
-            http: reqwest::Client::new(),
+            http: super::http_client(),
         }
     }
 

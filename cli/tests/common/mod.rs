@@ -34,6 +34,17 @@ use serde_json::{json, Value};
 
 pub const REGIONS: [&str; 3] = ["eu", "ca", "sg"];
 
+/// An HTTP client for the tests (the process's TLS provider installed first, as
+/// `locality` itself does).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("an HTTP client")
+}
+
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    locality_http::install_tls_provider();
+    reqwest::Client::builder()
+}
+
 pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures")

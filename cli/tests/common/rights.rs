@@ -315,9 +315,25 @@ pub async fn export_matches_the_stores(d: &impl Deployment, subject: &str) -> Va
     )
     .await;
     let stored = objects_of(d, subject).await;
+    let absolute = |url: &str| {
+        if url.starts_with('/') {
+            format!("{}{url}", d.base_url())
+        } else {
+            url.to_string()
+        }
+    };
     for (region, keys) in &stored {
         let part = &view["regions"][region];
-        let manifest = part["manifest"].as_array().unwrap();
+        assert_eq!(part["objects"], keys.len() as u64, "{}: {view}", d.name());
+        // The manifest stays in the region: fetched from its own endpoint.
+        let url = absolute(part["manifest"]["download_url"].as_str().unwrap());
+        let response = d.http().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{}: {url}", d.name());
+        let text = response.text().await.unwrap();
+        let manifest: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a manifest line is JSON"))
+            .collect();
         let listed: BTreeSet<String> = manifest
             .iter()
             .map(|e| e["key"].as_str().unwrap().to_string())
@@ -341,12 +357,7 @@ pub async fn export_matches_the_stores(d: &impl Deployment, subject: &str) -> Va
                 .starts_with("image/"));
         }
         // The archive, from the region's own endpoint, holds exactly those files.
-        let url = part["archive"]["download_url"].as_str().unwrap();
-        let url = if url.starts_with('/') {
-            format!("{}{url}", d.base_url())
-        } else {
-            url.to_string()
-        };
+        let url = absolute(part["archive"]["download_url"].as_str().unwrap());
         let response = d.http().get(&url).send().await.unwrap();
         assert_eq!(response.status(), 200, "{}: {url}", d.name());
         let tar_bytes = response.bytes().await.unwrap();
@@ -440,6 +451,53 @@ pub async fn another_tenant_reaches_nothing(d: &impl Deployment, subject: &str, 
     );
 }
 
+/// Every seeded job's result reached the webhook, the first delivery (which the
+/// receiver answers with 500) after a retry.
+async fn webhooks_retried(
+    d: &impl Deployment,
+    hooks: &WebhookReceiver,
+    seeded: &BTreeMap<(String, String), Vec<String>>,
+) {
+    let key = api_key(TENANT);
+    // Results whose delivery failed come again after a backoff.
+    let seeded_ids: BTreeSet<String> = seeded.values().flatten().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reported: BTreeSet<String> = hooks
+            .payloads("result")
+            .iter()
+            .map(|r| r["job_id"].as_str().unwrap().to_string())
+            .collect();
+        let missing: Vec<_> = seeded_ids.difference(&reported).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: job results missing from the webhook: {missing:?}",
+            d.name()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, listing) = call(
+        d,
+        reqwest::Method::GET,
+        "/v1/webhooks/deliveries?limit=1000",
+        &key,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed = listing["deliveries"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|d| d["attempts"].as_u64() >= Some(2) && d["delivered"] == true),
+        "{}: the failed first delivery was not retried: {listing}",
+        d.name()
+    );
+}
+
 /// What the erasure scenario leaves for the deployment-specific checks.
 pub struct Erased {
     pub erasure_id: String,
@@ -459,6 +517,7 @@ pub async fn erasure_scenario(
     seeded: BTreeMap<(String, String), Vec<String>>,
 ) -> Erased {
     let key = api_key(TENANT);
+    webhooks_retried(d, hooks, &seeded).await;
     let export = export_matches_the_stores(d, "alice").await;
     another_tenant_reaches_nothing(d, "alice", &export).await;
     let untouched: Vec<_> =
@@ -565,6 +624,7 @@ pub async fn erasure_scenario(
     // The receipts: every region done, each signed part counting exactly the keys it
     // announced, and those keys covering everything alice had.
     let purges = wait_for_purges(hooks, &erasure_id, &view).await;
+    nothing_of_her_anywhere(d, "alice", &erasure_id, &before_erasure).await;
     let mut announced = BTreeSet::new();
     for region in TENANT_REGIONS {
         let part = &view["regions"][region];
@@ -628,44 +688,6 @@ pub async fn erasure_scenario(
         readme_verifies("another-secret-0123456789", &deliveries[..1]),
         vec![false]
     );
-    // Results whose delivery failed come again after a backoff.
-    let seeded_ids: BTreeSet<String> = seeded.values().flatten().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let reported: BTreeSet<String> = hooks
-            .payloads("result")
-            .iter()
-            .map(|r| r["job_id"].as_str().unwrap().to_string())
-            .collect();
-        let missing: Vec<_> = seeded_ids.difference(&reported).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{}: job results missing from the webhook: {missing:?}",
-            d.name()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (status, listing) = call(
-        d,
-        reqwest::Method::GET,
-        "/v1/webhooks/deliveries?limit=1000",
-        &key,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let listed = listing["deliveries"].as_array().unwrap();
-    assert!(
-        listed
-            .iter()
-            .any(|d| d["attempts"].as_u64() >= Some(2) && d["delivered"] == true),
-        "{}: the failed first delivery was not retried: {listing}",
-        d.name()
-    );
-
     // A new upload of hers after the erasure (new consent) works normally.
     d.upload_with(
         TENANT,
@@ -696,6 +718,83 @@ pub async fn erasure_scenario(
         erasure_id,
         view,
         seeded,
+    }
+}
+
+/// What names `subject`'s files: the file names of her originals, her asset ids and
+/// her key prefix, from the keys she had.
+fn what_names(subject: &str, keys: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut names = BTreeSet::from([format!("{TENANT}/subjects/{subject}/")]);
+    for key in keys {
+        let Some(rest) = key.strip_prefix(&format!("{TENANT}/subjects/{subject}/assets/")) else {
+            continue;
+        };
+        if let Some((asset, rest)) = rest.split_once('/') {
+            names.insert(format!("/{asset}/"));
+            if let Some(file) = rest.strip_prefix("original/") {
+                names.insert(file.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// After `subject`'s erasure: no row of the control store (a pg_dump, or the SQLite file
+/// and its write-ahead log) and no object of any region names her files, assets or
+/// keys; in a pg_dump, every row that names her id belongs to the erasure (its
+/// receipt). Deliveries still being redacted are waited for.
+async fn nothing_of_her_anywhere(
+    d: &impl Deployment,
+    subject: &str,
+    erasure_id: &str,
+    keys: &BTreeSet<String>,
+) {
+    let names = what_names(subject, keys);
+    assert!(
+        names.len() > 2,
+        "{}: nothing to look for: {names:?}",
+        d.name()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dump = d.control_store_dump();
+        let found: Vec<&String> = names
+            .iter()
+            .filter(|name| dump.windows(name.len()).any(|w| w == name.as_bytes()))
+            .collect();
+        if found.is_empty() {
+            let text = String::from_utf8_lossy(&dump);
+            if d.purge_events().is_some() {
+                // A text dump: every line naming her is the erasure's own record.
+                for line in text.lines().filter(|line| line.contains(subject)) {
+                    assert!(
+                        line.contains(erasure_id),
+                        "{}: a row of the control store names {subject}: {line}",
+                        d.name()
+                    );
+                }
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the control store still names {found:?}",
+            d.name()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for region in TENANT_REGIONS {
+        for key in d.stored_keys(region).await {
+            let content = d.object(region, &key).await;
+            for name in &names {
+                assert!(
+                    !key.contains(name.as_str())
+                        && !content.windows(name.len()).any(|w| w == name.as_bytes()),
+                    "{}: {region}'s {key} names {name}",
+                    d.name()
+                );
+            }
+        }
     }
 }
 

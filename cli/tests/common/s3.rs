@@ -31,7 +31,7 @@ pub async fn create_bucket(endpoint: &str, label: &str) -> String {
         .unwrap()
         .as_nanos();
     let bucket = format!("locality-{label}-{}-{nanos}", std::process::id());
-    let response = reqwest::Client::new()
+    let response = super::http_client()
         .put(format!("{endpoint}/{bucket}"))
         .send()
         .await
@@ -81,7 +81,7 @@ impl Buckets {
 
 /// Object keys of a bucket (ListObjectsV2, following continuation tokens).
 pub async fn list_s3(endpoint: &str, bucket: &str) -> Vec<String> {
-    let client = reqwest::Client::new();
+    let client = super::http_client();
     let mut keys = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -112,7 +112,9 @@ pub async fn list_s3(endpoint: &str, bucket: &str) -> Vec<String> {
 
 /// The buckets of an S3 endpoint (ListBuckets).
 pub async fn list_buckets(endpoint: &str) -> Vec<String> {
-    let text = reqwest::get(format!("{endpoint}/"))
+    let text = super::http_client()
+        .get(format!("{endpoint}/"))
+        .send()
         .await
         .expect("S3 list buckets")
         .text()

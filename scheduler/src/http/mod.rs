@@ -43,6 +43,7 @@ pub fn router(control: Arc<Control>, registry: prometheus::Registry) -> Router {
         )
         .route("/v1/assets/{asset}", delete(rights::erase_asset))
         .route("/v1/tenants/{tenant}", delete(rights::erase_tenant))
+        .route("/v1/erasures", get(rights::open_erasures))
         .route("/v1/erasures/{id}", get(rights::erasure_status))
         .route("/v1/exports/{export_id}", get(rights::export_status))
         .route("/v1/webhooks/deliveries", get(rights::webhook_deliveries))

@@ -131,6 +131,51 @@ pub(super) async fn erasure_status(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no erasure {id}")))
 }
 
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OpenQuery {
+    /// Only `open` (the default): erasures not done yet.
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/erasures?status=open&limit=`: erasures not done yet, oldest first, with each
+/// region's state and last error. A tenant sees its own; the operators' key sees all.
+pub(super) async fn open_erasures(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<OpenQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let control = &state.control;
+    let caller = identify(control.config(), &headers)?;
+    if query
+        .status
+        .as_deref()
+        .is_some_and(|status| status != "open")
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "status: only `open` is listed (a done erasure is read by its id)",
+        ));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "limit: must be 1 to 1000",
+        ));
+    }
+    let tenant = match &caller {
+        Caller::Tenant(tenant) => Some(tenant),
+        Caller::Operator => None,
+    };
+    let erasures = control
+        .open_erasures(tenant, limit)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "erasures": erasures })))
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExportBody {

@@ -39,7 +39,9 @@ pub enum StoreError {
     Random(String),
 }
 
-pub use rights::{RegionAnswer, RegionPart, RightsKind, RightsRecord};
+pub use rights::{
+    PartState, PartsSwept, RegionAnswer, RegionPart, RightsKind, RightsRecord, SettlingPart,
+};
 pub use webhooks::{DueDelivery, WebhookDelivery};
 
 /// The store keeps time in Unix milliseconds.
@@ -94,6 +96,7 @@ impl JobRecord {
 pub struct NewJob {
     pub message: JobMessage,
     pub subject: Option<String>,
+    pub asset: String,
     /// (key, SHA-256 of the envelope without its client IP).
     pub idempotency: Option<(String, String)>,
 }
@@ -151,6 +154,9 @@ pub const CLAIM: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct JobStore {
     pool: AnyPool,
+    /// `locality up`'s SQLite file: deleted rows are overwritten and the write-ahead log
+    /// emptied after an erasure, so no copy of them stays on disk.
+    sqlite: bool,
 }
 
 fn status_text(status: JobStatus) -> &'static str {
@@ -236,8 +242,9 @@ impl JobStore {
                     if sqlite {
                         // Several connections of one process: readers never block the writer,
                         // and a busy writer is waited for rather than failed.
+                        // Deleted rows are overwritten, not left in free pages.
                         connection
-                            .execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
+                            .execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA secure_delete = ON;")
                             .await?;
                     }
                     Ok(())
@@ -247,7 +254,19 @@ impl JobStore {
             .await
             .map_err(open_error)?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, sqlite })
+    }
+
+    /// After rows naming a person were deleted: SQLite's write-ahead log still holds
+    /// the pages they were on, so it is folded into the file (whose freed pages
+    /// `secure_delete` zeroed) and emptied. PostgreSQL keeps no such copy in a dump.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        if self.sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_all(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Records a new job, unless its idempotency key was used before. The job is held
@@ -296,9 +315,9 @@ impl JobStore {
             }
         }
         sqlx::query(
-            "INSERT INTO jobs (job_id, tenant, region, priority, status, subject, message, \
+            "INSERT INTO jobs (job_id, tenant, region, priority, status, subject, asset, message, \
              correlation_id, claimed_by, claimed_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $10)",
+             VALUES ($1, $2, $3, $4, 'queued', $5, $11, $6, $7, $8, $9, $10, $10)",
         )
         .bind(job_id.as_str())
         .bind(message.tenant.as_str())
@@ -310,6 +329,7 @@ impl JobStore {
         .bind(claimant)
         .bind(now + millis(CLAIM))
         .bind(now)
+        .bind(job.asset.as_str())
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;
@@ -524,9 +544,11 @@ impl JobStore {
         claimant: &str,
         now: Millis,
     ) -> Result<Vec<JobResult>, StoreError> {
+        // A page at a time: the background loop comes back for the rest.
         let rows = sqlx::query(
             "SELECT job_id, message FROM jobs WHERE dispatched = 0 AND status = 'queued' \
-             AND created_at < $1 AND (claimed_until IS NULL OR claimed_until < $2)",
+             AND created_at < $1 AND (claimed_until IS NULL OR claimed_until < $2) \
+             ORDER BY created_at LIMIT 500",
         )
         .bind(now - millis(deadline))
         .bind(now)

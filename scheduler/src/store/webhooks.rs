@@ -30,6 +30,8 @@ pub struct DueDelivery {
     pub tenant: TenantId,
     pub body: String,
     pub attempts: u32,
+    /// Its body names erased keys: replaced once it is delivered.
+    pub redact_on_delivery: bool,
 }
 
 /// How long a scheduler holds a delivery it is attempting.
@@ -37,12 +39,14 @@ const ATTEMPT_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl JobStore {
     /// Queues a delivery. Its id is a digest of what it says, so the same event relayed
-    /// twice (a redelivered report) is delivered once.
+    /// twice (a redelivered report) is delivered once. A delivery that names erased keys
+    /// (`redact_on_delivery`) keeps its body only until it is delivered.
     pub async fn enqueue_webhook(
         &self,
         tenant: &TenantId,
         kind: &str,
         body: &str,
+        redact_on_delivery: bool,
         now: Millis,
     ) -> Result<Uuid, StoreError> {
         use sha2::{Digest, Sha256};
@@ -50,14 +54,16 @@ impl JobStore {
         let id = uuid::Builder::from_random_bytes(digest[..16].try_into().expect("16 bytes"))
             .into_uuid();
         sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, tenant, kind, body, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (delivery_id) DO NOTHING",
+            "INSERT INTO webhook_deliveries (delivery_id, tenant, kind, body, next_attempt_at, \
+             created_at, redact_on_delivery) VALUES ($1, $2, $3, $4, $5, $5, $6) \
+             ON CONFLICT (delivery_id) DO NOTHING",
         )
         .bind(id.to_string())
         .bind(tenant.as_str())
         .bind(kind)
         .bind(body)
         .bind(now)
+        .bind(i64::from(redact_on_delivery))
         .execute(&self.pool)
         .await?;
         Ok(id)
@@ -84,7 +90,7 @@ impl JobStore {
             let row = sqlx::query(
                 "UPDATE webhook_deliveries SET claimed_until = $2 WHERE delivery_id = $1 \
                  AND delivered_at IS NULL AND (claimed_until IS NULL OR claimed_until < $3) \
-                 RETURNING tenant, body, attempts",
+                 RETURNING tenant, body, attempts, redact_on_delivery",
             )
             .bind(id.as_str())
             .bind(now + millis(ATTEMPT_CLAIM))
@@ -97,6 +103,7 @@ impl JobStore {
                     tenant: from_text("tenant", row.try_get("tenant")?)?,
                     body: row.try_get("body")?,
                     attempts: row.try_get::<i64, _>("attempts")? as u32,
+                    redact_on_delivery: row.try_get::<i64, _>("redact_on_delivery")? != 0,
                 });
             }
         }
@@ -114,7 +121,10 @@ impl JobStore {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, last_status = $2, \
-             delivered_at = $3, next_attempt_at = $4, claimed_until = NULL WHERE delivery_id = $1",
+             delivered_at = $3, next_attempt_at = $4, claimed_until = NULL, \
+             body = CASE WHEN $3 IS NOT NULL AND redact_on_delivery = 1 \
+                    THEN '{\"redacted\":true}' ELSE body END \
+             WHERE delivery_id = $1",
         )
         .bind(delivery_id.to_string())
         .bind(status)

@@ -32,24 +32,24 @@ use locality_proto::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::job::WorkerContext;
-use crate::serve::{
-    serve, Delivery, Ended, EventSink, Incoming, JobSource, Received, TransportError, Unreadable,
+use crate::seam::{
+    Delivery, EventSink, Incoming, JobSource, Owner, Received, TransportError, Unreadable,
 };
+use crate::serve::{serve, Ended, Worker};
 
 /// Consumes until `shutdown`, reconnecting when the broker goes away. `slots` jobs run
 /// at once, which is also each priority queue's prefetch: a worker never holds more
 /// work than it can start soon. On shutdown: stop consuming, finish and settle the jobs
 /// in flight, close the connection.
 pub async fn run_amqp(
-    context: Arc<WorkerContext>,
+    worker: Arc<Worker>,
     url: String,
     keys: MessageKeys,
     slots: usize,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let name = format!("locality-worker-{}", context.region());
+    let name = format!("locality-worker-{}", worker.jobs.region().region());
     let slots = slots.max(1);
     locality_broker::supervise(
         url,
@@ -58,7 +58,7 @@ pub async fn run_amqp(
         shutdown.clone(),
         |connection, link| {
             session(
-                context.clone(),
+                worker.clone(),
                 keys.clone(),
                 connection,
                 slots,
@@ -71,16 +71,17 @@ pub async fn run_amqp(
 }
 
 async fn session(
-    context: Arc<WorkerContext>,
+    worker: Arc<Worker>,
     keys: MessageKeys,
     connection: Arc<Connection>,
     slots: usize,
     link: Link,
     shutdown: CancellationToken,
 ) -> Result<(), BrokerError> {
-    let region = context.region().clone();
+    let region = worker.jobs.region().region().clone();
     let setup = connection.create_channel().await?;
-    locality_broker::topology::declare_region(&setup, &region, &context.limits).await?;
+    locality_broker::topology::declare_region(&setup, &region, &worker.jobs.region().limits)
+        .await?;
     let events = Arc::new(AmqpEvents {
         channel: confirm_channel(&connection).await?,
         keys: keys.clone(),
@@ -120,7 +121,7 @@ async fn session(
         retries: retries.clone(),
         lost: link.lost.clone(),
     };
-    let ended = serve(context, source, events.clone(), slots, shutdown).await;
+    let ended = serve(worker, source, events.clone(), slots, shutdown).await;
     for channel in [
         &control_channel,
         &interactive_channel,
@@ -251,10 +252,10 @@ impl Delivery for AmqpDelivery {
         settled(settle::ack(&self.message, &self.describe()).await)
     }
 
-    async fn retry(self, attempt: u32, delay: Duration) -> Result<(), TransportError> {
+    async fn retry(self, next_attempt: u32, delay: Duration) -> Result<(), TransportError> {
         let original = &self.message.properties;
         let mut properties = original.clone().with_headers(own_headers(original));
-        properties = with_number_header(properties, ATTEMPT_HEADER, i64::from(attempt) + 1)
+        properties = with_number_header(properties, ATTEMPT_HEADER, i64::from(next_attempt))
             .with_expiration(delay.as_millis().to_string().as_str().into());
         let published = publish_confirmed(
             &self.retries,
@@ -385,25 +386,37 @@ impl EventSink for AmqpEvents {
 /// The job (or, from the control queue, the request) in a delivery, or why it cannot be read.
 fn read_message(message: &AmqpMessage, is_request: bool, keys: &MessageKeys) -> Received {
     let properties = &message.properties;
-    let refused = |code: ErrorCode, reason: String| {
+    if let Err(err) = verify_signed(keys, properties, &message.data) {
+        // Nothing of an unsigned message is believed, the job it names least of all.
+        return Received::Unreadable(Unreadable {
+            code: ErrorCode::BadSignature,
+            reason: format!("refused: {err}"),
+            owner: None,
+        });
+    }
+    let unreadable = |reason: String| {
+        let owner = text_header(properties, TENANT_HEADER)
+            .and_then(|t| TenantId::new(t).ok())
+            .zip(
+                properties
+                    .message_id()
+                    .as_ref()
+                    .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok()),
+            )
+            .map(|(tenant, job_id)| Owner {
+                tenant,
+                job_id,
+                correlation_id: properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
+            });
         Received::Unreadable(Unreadable {
-            code,
+            code: ErrorCode::MalformedMessage,
             reason,
-            tenant: text_header(properties, TENANT_HEADER).and_then(|t| TenantId::new(t).ok()),
-            job_id: properties
-                .message_id()
-                .as_ref()
-                .and_then(|id| uuid::Uuid::parse_str(id.as_str()).ok()),
-            correlation_id: properties
-                .correlation_id()
-                .as_ref()
-                .map(|id| id.to_string()),
+            owner,
         })
     };
-    let unreadable = |reason: String| refused(ErrorCode::MalformedMessage, reason);
-    if let Err(err) = verify_signed(keys, properties, &message.data) {
-        return refused(ErrorCode::BadSignature, format!("refused: {err}"));
-    }
     match properties.content_type().as_ref().map(|t| t.as_str()) {
         Some(CONTENT_TYPE) => {}
         other => return unreadable(format!("content type {other:?} is not {CONTENT_TYPE:?}")),

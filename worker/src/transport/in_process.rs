@@ -11,7 +11,7 @@ use locality_proto::gdpr::RegionRequest;
 use locality_proto::{JobMessage, Priority, WorkerEvent};
 use tokio::sync::mpsc;
 
-use crate::serve::{Delivery, EventSink, Incoming, JobSource, Received, TransportError};
+use crate::seam::{Delivery, EventSink, Incoming, JobSource, Received, TransportError};
 
 /// What waits in a queue: a job, or a request of the control plane.
 #[derive(Clone)]
@@ -183,10 +183,10 @@ impl Delivery for InProcessDelivery {
         Ok(())
     }
 
-    async fn retry(self, attempt: u32, delay: Duration) -> Result<(), TransportError> {
+    async fn retry(self, next_attempt: u32, delay: Duration) -> Result<(), TransportError> {
         let queued = Queued {
             item: self.item,
-            attempt: attempt + 1,
+            attempt: next_attempt,
         };
         let queue = self.queue;
         tokio::spawn(async move {
