@@ -152,6 +152,9 @@ fn region_text(part: &Value, what: &str) -> String {
             "waiting: the region has not been reached; its part runs when it is back".to_string()
         }
         "sent" => "sent; the region's workers have not reported yet".to_string(),
+        "failed" if part["error"]["code"] == "message_expired" => {
+            "failed for good: its deadline passed".to_string()
+        }
         "failed" => format!(
             "failed; sent again until its deadline, {}",
             part["deadline"].as_str().unwrap_or("?")

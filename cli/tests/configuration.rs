@@ -129,3 +129,40 @@ fn print_config_shows_no_secret() {
         assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
     }
 }
+
+/// A worker whose region has no receipt key (or no download key) refuses to start,
+/// naming the key: it could sign no erasure receipt and no export link, and would
+/// otherwise only find out at the first request.
+#[test]
+fn a_worker_without_its_regions_receipt_or_download_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for missing in ["receipt_key", "download_key"] {
+        let mut config = common::config::example();
+        let eu = config
+            .regions
+            .get_mut(&common::config::region("eu"))
+            .unwrap();
+        eu.amqp_url = Some("amqp://eu:unused@127.0.0.1:1/eu".into());
+        eu.store = Some(format!("file://{}/eu", dir.path().display()));
+        match missing {
+            "receipt_key" => {
+                eu.receipt_key = None;
+                eu.receipt_public_key = None;
+            }
+            _ => eu.download_key = None,
+        }
+        let path = common::config::write(&config, dir.path());
+        let output = run_briefly(
+            locality()
+                .arg("--config")
+                .arg(&path)
+                .args(["worker", "--demo", "--region", "eu"]),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "started without {missing}");
+        assert!(
+            stderr.contains(&format!("regions.eu.{missing} is required")),
+            "{missing}: {stderr}"
+        );
+    }
+}

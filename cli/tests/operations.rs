@@ -88,8 +88,10 @@ print(json.dumps(families))
 }
 
 /// Label names a metric may carry: all bounded by configuration or by the code.
-const BOUNDED_LABELS: [&str; 8] = [
-    "region", "priority", "outcome", "code", "stage", "link", "version", "le",
+/// Labels whose values are fixed sets in the code or the configuration.
+const BOUNDED_LABELS: [&str; 11] = [
+    "region", "priority", "outcome", "code", "stage", "link", "version", "le", "state", "kind",
+    "reason",
 ];
 
 /// Checks Prometheus' conventions on every family; returns them by name.

@@ -208,3 +208,77 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
         "only this sweep's own records: {left:?}"
     );
 }
+
+/// One tenant's own bucket in eu does not answer (an endpoint where nothing listens),
+/// and another tenant's area holds a key object_store's path refuses: the sweep fails
+/// that one tenant's part, says so (exit 1, `failed` in its report), and sweeps every
+/// other tenant all the same, the odd key included in what it examined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_with_one_tenants_bucket_unreachable_sweeps_the_other_tenants_and_names_the_one_that_failed(
+) {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let dead_port = common::process::free_port();
+    let spec = ClusterSpec::regions(&["eu"]).edit(move |config| {
+        let mut broken = config.tenants[&TenantId::new("demo-eu").unwrap()].clone();
+        broken.api_key_sha256 = hex::encode(Sha256::digest(api_key("broken").as_bytes()));
+        broken.broker_user = None;
+        broken.stores.insert(
+            region("eu"),
+            locality_proto::TenantStore {
+                store: "s3://gone".into(),
+                store_options: common::config::s3_options(
+                    &format!("http://127.0.0.1:{dead_port}"),
+                    "k",
+                ),
+            },
+        );
+        config
+            .tenants
+            .insert(TenantId::new("broken").unwrap(), broken);
+        config.limits.store_attempts = 1;
+    });
+    let cluster = Cluster::start(&broker, spec).await;
+    let mut ids = BTreeSet::new();
+    for n in 0..2 {
+        let key = format!("kept/{n}.jpg");
+        cluster.upload("demo-eu", &key, small_photo()).await;
+        ids.insert(
+            cluster
+                .submit_retrying("demo-eu", &envelope("demo-eu", &key, "batch", thumb()))
+                .await,
+        );
+    }
+    cluster
+        .results
+        .wait_until("two results", Duration::from_secs(60), |seen| {
+            all_reported(seen, &ids)
+        })
+        .await;
+    cluster
+        .plant(
+            "eu",
+            "demo-eu/subjects/_/assets/odd/original//x.jpg",
+            b"x".to_vec(),
+        )
+        .await;
+    let in_31_days = rfc3339(now_millis() + 31 * 86_400_000);
+    let output = sweep(&cluster, &in_31_days, &[])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let swept: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(swept["failed"].as_array().unwrap().len(), 1, "{swept}");
+    assert_eq!(swept["failed"][0]["tenant"], "broken", "{swept}");
+    assert_eq!(swept["deleted"], 2, "demo-eu's two outputs: {swept}");
+    assert_eq!(swept["odd_keys"], 1, "{swept}");
+    let left = cluster.objects("eu").await;
+    assert!(
+        left.iter().all(|key| !key.contains("/outputs/")),
+        "demo-eu's outputs were not swept: {left:?}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tenant broken"), "{stderr}");
+}

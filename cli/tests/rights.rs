@@ -14,8 +14,9 @@ use common::database::stored_message;
 use common::deployment::Deployment;
 use common::embedded::Embedded;
 use common::rights::{
-    add_tenant, anywhere_of, erasure_scenario, objects_of, public_key_flags,
-    receipts_verify_offline, request_erasure, seed, wait_done, WebhookReceiver, TENANT,
+    add_tenant, an_upload_in_flight_leaves_nothing_once_the_erasure_is_complete, anywhere_of,
+    erasure_scenario, objects_of, public_key_flags, receipts_verify_offline, request_erasure, seed,
+    wait_done, WebhookReceiver, TENANT,
 };
 use common::{api_key, config::region};
 use locality_broker::{json_properties, with_text_header};
@@ -41,6 +42,7 @@ async fn erasing_a_subject_over_rabbitmq_and_s3_leaves_nothing_blocks_replays_an
     let captured = stored_message(&database, &replayed_job).await;
     let erased = erasure_scenario(&cluster, &hooks, seeded).await;
     receipts_verify_offline(&cluster.config, &erased.view);
+    an_upload_in_flight_leaves_nothing_once_the_erasure_is_complete(&cluster).await;
 
     // Republished after the erasure (a replay from a dead-letter queue, say), while her
     // original is back under the same key (she uploaded again): it writes nothing.
@@ -133,6 +135,7 @@ async fn locality_up_passes_the_same_erasure_scenario_and_its_cli_exports_erases
     let seeded = seed(&embedded).await;
     let erased = erasure_scenario(&embedded, &hooks, seeded).await;
     receipts_verify_offline(&embedded.config, &erased.view);
+    an_upload_in_flight_leaves_nothing_once_the_erasure_is_complete(&embedded).await;
 
     // The command line: an export of bob with his archives, an erasure of carol with
     // progress and a receipt file, and the receipt checked offline.

@@ -45,6 +45,7 @@ fn job_message(source: &str, output: &str) -> Vec<u8> {
             "quality": 80, "upscale": false, "key": format!("{prefix}outputs/{output}.jpg"),
         }],
         "priority": "interactive",
+        "submitted_at_ms": locality_proto::time::now_millis(),
     })
     .to_string()
     .into_bytes()

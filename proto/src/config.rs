@@ -35,9 +35,9 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RightsConfig {
-    /// Days a region's part of an erasure or export is tried, through store and broker
-    /// outages, before it is failed for good (and an alert goes off).
-    pub deadline_days: u32,
+    /// Seconds a region's part of an erasure or export is tried, through store and
+    /// broker outages, before it is failed for good (and an alert goes off): 7 days.
+    pub deadline_seconds: u64,
     /// Seconds without a word from a region about a part it was sent before the
     /// control plane sends it again (the region resumes where it stopped).
     pub quiet_after_seconds: u64,
@@ -46,7 +46,7 @@ pub struct RightsConfig {
 impl Default for RightsConfig {
     fn default() -> Self {
         Self {
-            deadline_days: crate::gdpr::REQUEST_DEADLINE_DAYS,
+            deadline_seconds: u64::from(crate::gdpr::REQUEST_DEADLINE_DAYS) * 86_400,
             quiet_after_seconds: 900,
         }
     }
@@ -489,10 +489,10 @@ impl Config {
         if self.jobs.retention_days == 0 {
             return Err(invalid("jobs.retention_days", "must be at least 1"));
         }
-        if self.rights.deadline_days == 0 || self.rights.quiet_after_seconds == 0 {
+        if self.rights.deadline_seconds == 0 || self.rights.quiet_after_seconds == 0 {
             return Err(invalid(
                 "rights",
-                "deadline_days and quiet_after_seconds must be at least 1",
+                "deadline_seconds and quiet_after_seconds must be at least 1",
             ));
         }
         if self.retention.sweep_interval_seconds == 0 {

@@ -80,7 +80,7 @@ fn check_scope(scope: &ErasureScope) -> Result<(), Refusal> {
 
 impl Control {
     fn deadline_from(&self, requested_at_ms: Millis) -> Millis {
-        requested_at_ms + Millis::from(self.config.rights.deadline_days) * 86_400_000
+        requested_at_ms + self.config.rights.deadline_seconds as Millis * 1000
     }
 
     /// Records an erasure and sends it to every region of the tenant; an identical

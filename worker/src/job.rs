@@ -191,6 +191,9 @@ pub async fn run(context: &JobContext, message: &JobMessage) -> Result<JobResult
         // Whatever stopped it, an erased job leaves nothing: not the outputs a timed-out
         // or failed attempt stored, nor an earlier attempt's.
         Err(failure) => {
+            if failure.code == ErrorCode::JobTimeout {
+                tracing::warn!("the job timed out; the guard is asked before it is settled");
+            }
             return Err(if leave_nothing_if_erased(context, message).await? {
                 erased()
             } else {

@@ -16,9 +16,16 @@ use super::s3::{list_buckets, list_s3, s3_endpoints};
 
 pub trait Deployment {
     fn name(&self) -> &'static str;
+    fn config(&self) -> &locality_proto::Config;
+    /// Whether a region's store is an S3 bucket (else a local directory).
+    fn on_s3(&self, region: &str) -> bool {
+        s3_bucket(self.config(), region).is_some()
+    }
     fn http(&self) -> &reqwest::Client;
     /// The scheduler's HTTP API.
     fn base_url(&self) -> &str;
+    /// Where a region's originals are received (the scheduler itself under `locality up`).
+    fn ingest_url(&self, region: &str) -> String;
     /// Stores an original for `tenant` as a client of this deployment does, with the
     /// upload's query (`?region=&subject=&asset=`, or empty); asserts 201.
     async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>);
@@ -39,6 +46,53 @@ pub trait Deployment {
     async fn stored_keys(&self, region: &str) -> Vec<String>;
     /// An object's bytes in a region's store.
     async fn object(&self, region: &str, key: &str) -> Vec<u8>;
+    /// Writes an object into a region's store behind Locality's back, as an upload
+    /// pipeline writing originals itself would, under any key the store takes (odd ones
+    /// too: `//`, control characters).
+    async fn plant(&self, region: &str, key: &str, bytes: Vec<u8>);
+    /// Begins an upload of `key` in parts and leaves it unfinished, as a client that
+    /// died mid-upload does (a local directory: the store's staged part).
+    async fn leave_unfinished_upload(&self, region: &str, key: &str) {
+        match s3_bucket(self.config(), region) {
+            Some((endpoint, bucket)) => {
+                let response = super::http_client()
+                    .post(format!("{endpoint}/{bucket}/{key}?uploads"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success(), "{}", response.status());
+            }
+            None => {
+                let file = self.region_root(region).join(format!("{key}#1"));
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, b"half an upload").unwrap();
+            }
+        }
+    }
+    /// Unfinished uploads under `prefix`.
+    async fn unfinished_uploads(&self, region: &str, prefix: &str) -> usize {
+        match s3_bucket(self.config(), region) {
+            Some((endpoint, bucket)) => {
+                let text = super::http_client()
+                    .get(format!("{endpoint}/{bucket}?uploads&prefix={prefix}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                text.matches("<UploadId>").count()
+            }
+            None => super::files_under(&self.region_root(region))
+                .iter()
+                .filter(|file| file.starts_with(prefix) && file.contains('#'))
+                .count(),
+        }
+    }
+    /// A local region's directory (only `locality up` has them).
+    fn region_root(&self, region: &str) -> std::path::PathBuf {
+        panic!("{}: region {region} has no local directory", self.name())
+    }
     /// Every object key anywhere the deployment could have written: every bucket this test
     /// process made on every S3 endpoint, every file of every local store.
     async fn everything_stored(&self) -> Vec<String>;
@@ -144,6 +198,32 @@ async fn s3_object(config: &locality_proto::Config, region: &str, key: &str) -> 
         .to_vec()
 }
 
+/// PUTs an object under a raw key (percent-encoded on the wire, `/` kept), as any S3
+/// client may; the test servers take unsigned requests.
+pub async fn put_raw(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
+    let path: String = key
+        .split('/')
+        .map(|segment| {
+            url::form_urlencoded::byte_serialize(segment.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    let response = super::http_client()
+        .put(format!("{endpoint}/{bucket}/{path}"))
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .send()
+        .await
+        .expect("a PUT to the S3 server");
+    assert!(
+        response.status().is_success(),
+        "PUT {key:?}: {}",
+        response.status()
+    );
+}
+
 /// A region's S3 endpoint and bucket; `None` when the region has no store URL.
 fn s3_bucket(config: &locality_proto::Config, region: &str) -> Option<(String, String)> {
     let region = &config.regions[&super::config::region(region)];
@@ -179,12 +259,24 @@ impl Deployment for Embedded {
         "locality up"
     }
 
+    fn config(&self) -> &locality_proto::Config {
+        &self.config
+    }
+
     fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    fn ingest_url(&self, _region: &str) -> String {
+        self.base_url.clone()
+    }
+
+    fn region_root(&self, region: &str) -> std::path::PathBuf {
+        self.region_dir(region)
     }
 
     async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>) {
@@ -196,7 +288,11 @@ impl Deployment for Embedded {
     async fn stored_keys(&self, region: &str) -> Vec<String> {
         match store_objects(&self.config, region).await {
             Some(keys) => keys,
-            None => super::files_under(&self.region_dir(region)),
+            // A local store stages an unfinished upload as `KEY#N`: not an object.
+            None => super::files_under(&self.region_dir(region))
+                .into_iter()
+                .filter(|key| !key.contains('#'))
+                .collect(),
         }
     }
 
@@ -204,6 +300,17 @@ impl Deployment for Embedded {
         match s3_bucket(&self.config, region) {
             Some(_) => s3_object(&self.config, region, key).await,
             None => std::fs::read(self.region_dir(region).join(key)).expect("a stored object"),
+        }
+    }
+
+    async fn plant(&self, region: &str, key: &str, bytes: Vec<u8>) {
+        match s3_bucket(&self.config, region) {
+            Some((endpoint, bucket)) => put_raw(&endpoint, &bucket, key, bytes).await,
+            None => {
+                let file = self.region_dir(region).join(key);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, bytes).unwrap();
+            }
         }
     }
 
@@ -260,12 +367,20 @@ impl Deployment for Cluster {
         "scheduler and workers over RabbitMQ"
     }
 
+    fn config(&self) -> &locality_proto::Config {
+        &self.config
+    }
+
     fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    fn ingest_url(&self, region: &str) -> String {
+        format!("http://{}", self.ingest[region])
     }
 
     /// Asks the scheduler where the upload goes with an empty probe (it answers 307 with
@@ -308,6 +423,11 @@ impl Deployment for Cluster {
 
     async fn object(&self, region: &str, key: &str) -> Vec<u8> {
         s3_object(&self.config, region, key).await
+    }
+
+    async fn plant(&self, region: &str, key: &str, bytes: Vec<u8>) {
+        let (endpoint, bucket) = s3_bucket(&self.config, region).expect("an S3 region");
+        put_raw(&endpoint, &bucket, key, bytes).await;
     }
 
     async fn everything_stored(&self) -> Vec<String> {

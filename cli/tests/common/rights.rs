@@ -522,6 +522,15 @@ pub async fn erasure_scenario(
     another_tenant_reaches_nothing(d, "alice", &export).await;
     let untouched: Vec<_> =
         futures::future::join_all(["bob", "carol"].map(|s| objects_of(d, s))).await;
+    // Keys object_store's path refuses, written by a pipeline behind Locality's back (a
+    // control character, and where the store can hold it an empty segment), and an
+    // upload that never finished.
+    let odd = plant_odd_keys(d, "alice").await;
+    d.leave_unfinished_upload(
+        "eu",
+        &format!("{TENANT}/subjects/alice/assets/gone/original/big.jpg"),
+    )
+    .await;
     let mut before_erasure: BTreeSet<String> = objects_of(d, "alice")
         .await
         .into_values()
@@ -626,6 +635,23 @@ pub async fn erasure_scenario(
     let purges = wait_for_purges(hooks, &erasure_id, &view).await;
     nothing_of_her_anywhere(d, "alice", &erasure_id, &before_erasure).await;
     let mut announced = BTreeSet::new();
+    assert_eq!(
+        view["regions"]["eu"]["receipt"]["odd_keys_deleted"],
+        odd,
+        "{}: the receipt reports the odd keys it deleted: {view}",
+        d.name()
+    );
+    assert_eq!(
+        view["regions"]["eu"]["receipt"]["uploads_aborted"],
+        1,
+        "{}: the unfinished upload is aborted: {view}",
+        d.name()
+    );
+    assert_eq!(
+        d.unfinished_uploads("eu", &format!("{TENANT}/subjects/alice/"))
+            .await,
+        0
+    );
     for region in TENANT_REGIONS {
         let part = &view["regions"][region];
         assert_eq!(part["status"], "done", "{}: {view}", d.name());
@@ -721,6 +747,91 @@ pub async fn erasure_scenario(
     }
 }
 
+/// An upload of a subject's original is under way (its head sent, half its body) when
+/// the subject is erased: the upload, finished after the erasure began, is refused with
+/// `erased` and leaves nothing; the erasure's receipt comes only once the upload has
+/// ended, and nothing of the subject is anywhere then.
+pub async fn an_upload_in_flight_leaves_nothing_once_the_erasure_is_complete(d: &impl Deployment) {
+    use super::raw_http::{put_head, read_head, send_head};
+    use tokio::io::AsyncWriteExt;
+    let subject = "dora";
+    let key = api_key(TENANT);
+    let photo = small_photo();
+    let path = format!("/v1/sources/late.jpg?region=eu&subject={subject}");
+    let head = put_head(&path, Some(&key), photo.len() as u64, false);
+    let mut upload = send_head(&d.ingest_url("eu"), &head).await;
+    let half = photo.len() / 2;
+    upload.write_all(&photo[..half]).await.unwrap();
+    upload.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let erasure = request_erasure(d, &format!("/v1/subjects/{subject}"), &key).await;
+    // The first pass runs while the upload is still being received.
+    let path = format!("/v1/erasures/{erasure}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, view) = call(d, reqwest::Method::GET, &path, &key, None).await;
+        if view["regions"]["eu"]["phase"] != "first pass" {
+            assert_ne!(
+                view["status"],
+                "done",
+                "{}: done before the upload ended: {view}",
+                d.name()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: the first pass never ended: {view}",
+            d.name()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    upload.write_all(&photo[half..]).await.unwrap();
+    let answer = read_head(&mut upload, Duration::from_secs(30))
+        .await
+        .expect("the upload is answered");
+    assert_eq!(
+        answer.status,
+        410,
+        "{}: an upload begun before the erasure",
+        d.name()
+    );
+    let view = wait_done(d, &path, &key, Duration::from_secs(120)).await;
+    assert_eq!(view["regions"]["eu"]["phase"], "complete", "{view}");
+    let left = anywhere_of(d, subject).await;
+    assert!(
+        left.is_empty(),
+        "{}: {subject} is still stored: {left:?}",
+        d.name()
+    );
+}
+
+/// Plants keys object_store's path type refuses under `subject`'s prefix in eu; returns
+/// how many.
+async fn plant_odd_keys(d: &impl Deployment, subject: &str) -> u64 {
+    let mut keys = vec![format!(
+        "{TENANT}/subjects/{subject}/assets/odd/original/c\u{1}d.jpg"
+    )];
+    if d.on_s3("eu") {
+        // A local directory cannot hold an empty segment; S3 can.
+        keys.push(format!(
+            "{TENANT}/subjects/{subject}/assets/odd/original//x.jpg"
+        ));
+    }
+    for key in &keys {
+        d.plant("eu", key, b"planted".to_vec()).await;
+    }
+    let listed = d.objects("eu").await;
+    for key in &keys {
+        assert!(
+            listed.contains(key),
+            "{}: {key:?} was not planted: {listed:?}",
+            d.name()
+        );
+    }
+    keys.len() as u64
+}
+
 /// What names `subject`'s files: the file names of her originals, her asset ids and
 /// her key prefix, from the keys she had.
 fn what_names(subject: &str, keys: &BTreeSet<String>) -> BTreeSet<String> {
@@ -765,14 +876,21 @@ async fn nothing_of_her_anywhere(
         if found.is_empty() {
             let text = String::from_utf8_lossy(&dump);
             if d.purge_events().is_some() {
-                // A text dump: every line naming her is the erasure's own record.
-                for line in text.lines().filter(|line| line.contains(subject)) {
+                // A text dump: every row of her tenant naming her is an erasure's record
+                // of its scope (a receipt). Another tenant's subject of the same name is
+                // another person.
+                let scope = format!("{{\"kind\":\"subject\",\"subject\":\"{subject}\"}}");
+                let mut receipts = 0;
+                let hers = |line: &&str| line.contains(subject) && line.contains(TENANT);
+                for line in text.lines().filter(hers) {
                     assert!(
-                        line.contains(erasure_id),
+                        line.contains(&scope),
                         "{}: a row of the control store names {subject}: {line}",
                         d.name()
                     );
+                    receipts += usize::from(line.contains(erasure_id));
                 }
+                assert!(receipts > 0, "{}: the erasure's receipt is gone", d.name());
             }
             break;
         }

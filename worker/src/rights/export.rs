@@ -106,15 +106,9 @@ fn tar_header(name: &str, size: u64, mtime_ms: i64) -> Result<Vec<u8>, std::io::
         blocks.resize(blocks.len().div_ceil(512) * 512, 0);
     }
     let mut header = tar::Header::new_gnu();
-    let short: String = name.chars().take(100).collect();
-    header.set_path(&short).or_else(|_| {
-        // A long name that set_path refuses: the GNU long name above carries it.
-        header.as_gnu_mut().map(|gnu| {
-            let bytes = short.as_bytes();
-            gnu.name[..bytes.len()].copy_from_slice(bytes);
-        });
-        Ok::<(), std::io::Error>(())
-    })?;
+    // The name's first 100 bytes; a longer name is the GNU long name above.
+    let short = &name.as_bytes()[..name.len().min(100)];
+    header.as_old_mut().name[..short.len()].copy_from_slice(short);
     header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(u64::try_from(mtime_ms / 1000).unwrap_or(0));

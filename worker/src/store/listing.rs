@@ -475,7 +475,9 @@ impl S3Raw {
             .map_err(|e| raw_error(store, what, e.to_string(), true))?;
         if !status.is_success() {
             let reason = format!("{status}: {}", body.chars().take(300).collect::<String>());
-            return Err(raw_error(store, what, reason, status.is_server_error()));
+            // 501: the server does not do this at all, however often it is asked.
+            let transient = status.is_server_error() && status != 501;
+            return Err(raw_error(store, what, reason, transient));
         }
         Ok(body)
     }
@@ -611,7 +613,16 @@ impl S3Raw {
                     url
                 }
             };
-            let body = self.send(store, prefix, self.http.get(url)).await?;
+            let body = match self.send(store, prefix, self.http.get(url)).await {
+                Ok(body) => body,
+                Err(StoreError::Raw { reason, .. }) if reason.starts_with("501") => {
+                    // Some S3-compatible servers keep no list of unfinished uploads; a
+                    // bucket lifecycle rule must abort them there.
+                    tracing::warn!(prefix, "the store cannot list unfinished uploads; none aborted (give its bucket a lifecycle rule that aborts incomplete multipart uploads)");
+                    return Ok(aborted);
+                }
+                Err(err) => return Err(err),
+            };
             let listing: MultipartUploads = quick_xml::de::from_str(&body).map_err(|e| {
                 raw_error(
                     store,
