@@ -121,6 +121,14 @@ pub struct SchedulerConfig {
     /// `postgres://user:pass@host:5432/locality`. `locality up` uses SQLite in its data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`), apart from
+    /// the API so that probes and scrapes are never queued behind clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    /// Networks (CIDR) a tenant's webhook may resolve to although they are loopback,
+    /// private, link-local or otherwise internal; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhook_allowed_networks: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -147,6 +155,8 @@ impl Default for SchedulerConfig {
             amqp_url: None,
             operator_key_sha256: None,
             database_url: None,
+            admin_listen: None,
+            webhook_allowed_networks: Vec::new(),
         }
     }
 }
@@ -193,6 +203,15 @@ pub struct RegionConfig {
     pub message_keys: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_key_id: Option<String>,
+    /// Jobs the control plane keeps sent to the region and not finished, at the least;
+    /// the rest wait in the control store and are sent as room frees, shared fairly
+    /// between tenants. The window grows to twice the jobs the region runs at once.
+    #[serde(default = "default_dispatch_window")]
+    pub dispatch_window: u32,
+}
+
+fn default_dispatch_window() -> u32 {
+    16
 }
 
 impl RegionConfig {
@@ -243,10 +262,51 @@ pub struct TenantConfig {
     /// tenant id when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_user: Option<String>,
+    /// What the tenant may take of shared capacity.
+    #[serde(default)]
+    pub quota: TenantQuota,
 }
 
-/// A tenant's notification URL (what Cloudinary calls a notification URL): HTTPS, or
-/// plain HTTP to a loopback address for tests.
+/// A tenant's share of shared capacity and its limits. Capacity waiting is shared
+/// between the tenants of a region in proportion to their `weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantQuota {
+    /// The tenant's share, relative to the other tenants of a region, of the jobs sent
+    /// to the region's workers when several wait.
+    pub weight: u32,
+    /// Jobs the tenant may have accepted and not yet finished, in all regions; more are
+    /// refused (`quota_exceeded`, 429).
+    pub max_queued_jobs: u64,
+    /// Submissions per second, on average (HTTP and AMQP together, per scheduler);
+    /// more are refused (`rate_limited`: 429 with Retry-After, or a failed result).
+    pub submissions_per_second: u32,
+    /// Submissions the tenant may make at once above its rate.
+    pub submission_burst: u32,
+    /// Uploads of the tenant a region's ingest endpoint receives at once.
+    pub max_concurrent_uploads: usize,
+    /// The most of a region's dispatch window the tenant's interactive jobs may take at
+    /// once (0 to 1); past it they wait with batch work, so marking everything
+    /// interactive buys no more than a tenant's share.
+    pub interactive_share: f64,
+}
+
+impl Default for TenantQuota {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_queued_jobs: 100_000,
+            submissions_per_second: 200,
+            submission_burst: 1_000,
+            max_concurrent_uploads: 8,
+            interactive_share: 0.5,
+        }
+    }
+}
+
+/// A tenant's notification URL (what Cloudinary calls a notification URL): HTTPS to a
+/// public address, or plain HTTP to a network the operator allows
+/// (`scheduler.webhook_allowed_networks`; see [`crate::webhook_target`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
@@ -278,6 +338,7 @@ impl TenantStore {
             download_key: None,
             message_keys: BTreeMap::new(),
             message_key_id: None,
+            dispatch_window: default_dispatch_window(),
         }
     }
 }
@@ -338,6 +399,32 @@ impl Config {
     }
 
     /// Checks what serde cannot: references between regions and tenants, hashes, presets.
+    fn check_quotas(&self) -> Result<(), ConfigError> {
+        for (id, tenant) in &self.tenants {
+            let quota = &tenant.quota;
+            let field = |name: &str| format!("tenants.{id}.quota.{name}");
+            if quota.weight == 0 {
+                return Err(invalid(field("weight"), "must be at least 1"));
+            }
+            if quota.submissions_per_second == 0 || quota.submission_burst == 0 {
+                return Err(invalid(
+                    field("submissions_per_second"),
+                    "the rate and the burst must be at least 1",
+                ));
+            }
+            if quota.max_concurrent_uploads == 0 || quota.max_queued_jobs == 0 {
+                return Err(invalid(
+                    field("max_queued_jobs"),
+                    "max_queued_jobs and max_concurrent_uploads must be at least 1",
+                ));
+            }
+            if !(0.0..=1.0).contains(&quota.interactive_share) {
+                return Err(invalid(field("interactive_share"), "must be 0 to 1"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.regions.is_empty() {
             return Err(invalid("regions", "at least one region is required"));
@@ -390,6 +477,10 @@ impl Config {
                 }
             }
         }
+        let webhook_networks =
+            crate::webhook_target::AllowedNetworks::parse(&self.scheduler.webhook_allowed_networks)
+                .map_err(|err| invalid("scheduler.webhook_allowed_networks", err.to_string()))?;
+        self.check_quotas()?;
         let mut broker_users: BTreeMap<&str, &TenantId> = BTreeMap::new();
         for (id, tenant) in &self.tenants {
             let user = tenant.broker_user.as_deref().unwrap_or(id.as_str());
@@ -441,15 +532,9 @@ impl Config {
                 }
             }
             if let Some(webhook) = &tenant.webhook {
-                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-                    .iter()
-                    .any(|prefix| webhook.url.starts_with(prefix));
-                if !(webhook.url.starts_with("https://") || loopback) {
-                    return Err(invalid(
-                        field("webhook.url"),
-                        "must be https:// (plain http only to a loopback address)",
-                    ));
-                }
+                webhook_networks
+                    .check_url(&webhook.url)
+                    .map_err(|err| invalid(field("webhook.url"), err.to_string()))?;
                 if webhook.secret.len() < 16 {
                     return Err(invalid(
                         field("webhook.secret"),

@@ -93,6 +93,15 @@ error_codes! {
     RegionUnavailable = "region_unavailable", http 503, Retry;
     /// The control plane cannot record the request now (its store is unreachable); try again.
     ServiceUnavailable = "service_unavailable", http 503, Retry;
+    /// The tenant submits faster than its `quota.submissions_per_second`; try again after
+    /// the `Retry-After` seconds.
+    RateLimited = "rate_limited", http 429, Retry;
+    /// The tenant has as many jobs accepted and unfinished as its `quota.max_queued_jobs`.
+    QuotaExceeded = "quota_exceeded", http 429, Retry;
+    /// A job envelope larger than `limits.max_submission_bytes`; refused unread.
+    MessageTooLarge = "message_too_large", http 413, Abort;
+    /// A request whose body did not arrive within `limits.http_body_timeout_seconds`.
+    RequestTimeout = "request_timeout", http 408, Abort;
 
     // Job failures, in a job's status and result.
     /// The source is not a JPEG, PNG, WebP or GIF.
@@ -170,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn only_outages_and_busy_slots_are_worth_trying_again() {
+    fn only_outages_busy_slots_and_limits_that_lift_are_worth_trying_again() {
         let retried: Vec<&str> = ErrorCode::ALL
             .iter()
             .filter(|c| c.recovery() == Recovery::Retry)
@@ -182,6 +191,8 @@ mod tests {
                 "uploads_busy",
                 "region_unavailable",
                 "service_unavailable",
+                "rate_limited",
+                "quota_exceeded",
                 "store_unavailable"
             ]
         );

@@ -32,6 +32,7 @@ pub mod stores;
 pub mod time;
 pub mod topology;
 pub mod validate;
+pub mod webhook_target;
 
 pub use config::{
     Config, ConfigError, JobsConfig, RegionConfig, RetentionConfig, RightsConfig, TenantConfig,

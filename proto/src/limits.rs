@@ -40,6 +40,31 @@ pub struct Limits {
     pub store_attempts: u32,
     /// Days a message stays in a dead-letter queue before the broker drops it.
     pub dead_letter_ttl_days: u32,
+    /// Largest job envelope accepted (`POST /v1/jobs`, `locality.submit`), checked
+    /// before it is parsed.
+    pub max_submission_bytes: u64,
+    /// Scans a progressive JPEG may have; a source with more fails (`image_too_large`)
+    /// before its decoder spends seconds on it.
+    pub max_jpeg_scans: u32,
+    /// Seconds an HTTP client has to send a complete request head.
+    pub http_header_timeout_seconds: u64,
+    /// Seconds a client has to send a (non-upload) request's whole body.
+    pub http_body_timeout_seconds: u64,
+    /// Connections an HTTP door serves at once.
+    pub http_max_connections: usize,
+    /// Connections one client network (IPv4 /24, IPv6 /48) may hold open at once; more
+    /// are closed as they come, so one client cannot take every slot.
+    pub http_max_connections_per_network: usize,
+    /// Bytes per second a client must keep sending an upload at, averaged over each
+    /// `http_body_timeout_seconds`; a slower one is cut off (`request_timeout`).
+    pub http_min_upload_bytes_per_second: u64,
+    /// The broker's `max_message_size`: the largest message it lets anyone publish.
+    /// The setup scripts set the broker to this.
+    pub broker_max_message_bytes: u64,
+    /// Bytes of messages one consumer of the scheduler may hold at once (taken ahead of
+    /// handling them): its prefetch is this over `broker_max_message_bytes`, so a flood
+    /// of the largest messages cannot outgrow it.
+    pub read_ahead_bytes: u64,
 }
 
 impl Default for Limits {
@@ -60,6 +85,15 @@ impl Default for Limits {
             delivery_limit: 5,
             store_attempts: 7,
             dead_letter_ttl_days: 14,
+            max_submission_bytes: 256 * 1024,
+            max_jpeg_scans: 256,
+            http_header_timeout_seconds: 10,
+            http_body_timeout_seconds: 10,
+            http_max_connections: 4096,
+            http_max_connections_per_network: 128,
+            http_min_upload_bytes_per_second: 1024,
+            broker_max_message_bytes: 32 * 1024 * 1024,
+            read_ahead_bytes: 128 * 1024 * 1024,
         }
     }
 }

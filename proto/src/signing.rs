@@ -4,14 +4,17 @@
 //! message a worker or the scheduler acts on.
 //!
 //! The signature is `KEY_ID:HEX` in the `locality-signature` header: HMAC-SHA256 over
-//! `locality-message-v1`, the tenant header and the body, each followed by a newline.
+//! `locality-message-v2`, then the message's direction (`to-region`, `to-scheduler`),
+//! its kind (`job`, `request`, `event`), its routing key, its attempt and its tenant
+//! header, each followed by a newline, then the body. A signed job cannot be replayed as
+//! an event, onto another queue, or as another attempt.
 
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const DOMAIN: &[u8] = b"locality-message-v1\n";
+const DOMAIN: &[u8] = b"locality-message-v2\n";
 const MIN_KEY_BYTES: usize = 32;
 
 /// Why a message's signature was refused.
@@ -43,11 +46,45 @@ impl std::fmt::Debug for MessageKeys {
     }
 }
 
-fn mac(key: &[u8], tenant: &str, body: &[u8]) -> Hmac<Sha256> {
+/// Which way a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the scheduler (or a region's worker, retrying) to a region's workers.
+    ToRegion,
+    /// From a region's workers to the scheduler.
+    ToScheduler,
+}
+
+/// What a signature binds besides the body: where and how the message travels.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub direction: Direction,
+    /// `job`, `request` or `event`.
+    pub kind: &'a str,
+    pub routing_key: &'a str,
+    /// The `locality-attempt` header (1 when absent).
+    pub attempt: u32,
+    /// The `locality-tenant` header.
+    pub tenant: &'a str,
+}
+
+fn mac(key: &[u8], context: &Context<'_>, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(DOMAIN);
-    mac.update(tenant.as_bytes());
-    mac.update(b"\n");
+    let direction = match context.direction {
+        Direction::ToRegion => "to-region",
+        Direction::ToScheduler => "to-scheduler",
+    };
+    for part in [
+        direction,
+        context.kind,
+        context.routing_key,
+        &context.attempt.to_string(),
+        context.tenant,
+    ] {
+        mac.update(part.as_bytes());
+        mac.update(b"\n");
+    }
     mac.update(body);
     mac
 }
@@ -86,10 +123,10 @@ impl MessageKeys {
             .then_some(Self { signing_id, keys })
     }
 
-    /// The `locality-signature` header of a message of `tenant` with this body.
-    pub fn sign(&self, tenant: &str, body: &[u8]) -> String {
+    /// The `locality-signature` header of a message with this context and body.
+    pub fn sign(&self, context: &Context<'_>, body: &[u8]) -> String {
         let key = &self.keys[&self.signing_id];
-        let tag = mac(key, tenant, body).finalize().into_bytes();
+        let tag = mac(key, context, body).finalize().into_bytes();
         format!("{}:{}", self.signing_id, hex::encode(tag))
     }
 
@@ -97,7 +134,7 @@ impl MessageKeys {
     pub fn verify(
         &self,
         header: Option<&str>,
-        tenant: &str,
+        context: &Context<'_>,
         body: &[u8],
     ) -> Result<(), SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
@@ -107,7 +144,7 @@ impl MessageKeys {
             .keys
             .get(id)
             .ok_or_else(|| SignatureError::UnknownKey(id.to_string()))?;
-        mac(key, tenant, body)
+        mac(key, context, body)
             .verify_slice(&tag)
             .map_err(|_| SignatureError::Mismatch)
     }
@@ -126,35 +163,78 @@ mod tests {
     const K1: &str = "0101010101010101010101010101010101010101010101010101010101010101";
     const K2: &str = "0202020202020202020202020202020202020202020202020202020202020202";
 
+    fn job<'a>(tenant: &'a str, attempt: u32) -> Context<'a> {
+        Context {
+            direction: Direction::ToRegion,
+            kind: "job",
+            routing_key: "interactive",
+            attempt,
+            tenant,
+        }
+    }
+
     #[test]
     fn a_signed_message_verifies_and_any_change_is_refused() {
         let keys = MessageKeys::new(&keys(&[("k1", K1)]), Some("k1")).unwrap();
         let body = br#"{"job_id":"1"}"#;
-        let signature = keys.sign("acme", body);
+        let signature = keys.sign(&job("acme", 1), body);
         assert!(signature.starts_with("k1:"));
-        assert_eq!(keys.verify(Some(&signature), "acme", body), Ok(()));
+        assert_eq!(keys.verify(Some(&signature), &job("acme", 1), body), Ok(()));
         assert_eq!(
-            keys.verify(None, "acme", body),
+            keys.verify(None, &job("acme", 1), body),
             Err(SignatureError::Missing)
         );
         assert_eq!(
-            keys.verify(Some(&signature), "other", body),
+            keys.verify(Some(&signature), &job("other", 1), body),
             Err(SignatureError::Mismatch)
         );
         let mut flipped = body.to_vec();
         flipped[3] ^= 1;
         assert_eq!(
-            keys.verify(Some(&signature), "acme", &flipped),
+            keys.verify(Some(&signature), &job("acme", 1), &flipped),
             Err(SignatureError::Mismatch)
         );
         assert_eq!(
-            keys.verify(Some("k9:00"), "acme", body),
+            keys.verify(Some("k9:00"), &job("acme", 1), body),
             Err(SignatureError::UnknownKey("k9".into()))
         );
         assert_eq!(
-            keys.verify(Some("nonsense"), "acme", body),
+            keys.verify(Some("nonsense"), &job("acme", 1), body),
             Err(SignatureError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_signature_binds_direction_kind_routing_key_and_attempt() {
+        let keys = MessageKeys::new(&keys(&[("k1", K1)]), Some("k1")).unwrap();
+        let body = b"{}";
+        let signed = job("acme", 1);
+        let signature = keys.sign(&signed, body);
+        let elsewhere = [
+            Context {
+                direction: Direction::ToScheduler,
+                ..signed
+            },
+            Context {
+                kind: "event",
+                ..signed
+            },
+            Context {
+                routing_key: "batch",
+                ..signed
+            },
+            Context {
+                attempt: 5,
+                ..signed
+            },
+        ];
+        for context in elsewhere {
+            assert_eq!(
+                keys.verify(Some(&signature), &context, body),
+                Err(SignatureError::Mismatch),
+                "{context:?}"
+            );
+        }
     }
 
     #[test]
@@ -162,11 +242,12 @@ mod tests {
         let old = MessageKeys::new(&keys(&[("k1", K1)]), Some("k1")).unwrap();
         let rotating = MessageKeys::new(&keys(&[("k1", K1), ("k2", K2)]), Some("k2")).unwrap();
         let body = b"body";
+        let context = job("t", 1);
         assert_eq!(
-            rotating.verify(Some(&old.sign("t", body)), "t", body),
+            rotating.verify(Some(&old.sign(&context, body)), &context, body),
             Ok(())
         );
-        assert!(rotating.sign("t", body).starts_with("k2:"));
+        assert!(rotating.sign(&context, body).starts_with("k2:"));
         assert!(MessageKeys::check(&keys(&[("k1", "abcd")]), Some("k1")).is_err());
         assert!(MessageKeys::check(&keys(&[("k1", K1)]), Some("k2")).is_err());
         assert!(MessageKeys::check(&keys(&[("k1", K1)]), None).is_err());

@@ -16,6 +16,10 @@ pub const SUBMIT_QUEUE: &str = "locality.submit";
 pub const SUBMIT_DEAD_LETTER_QUEUE: &str = "locality.submit.dead";
 /// Results go out here as JSON, topic exchange, routing key `TENANT.OUTCOME`.
 pub const RESULTS_EXCHANGE: &str = "locality.results";
+/// Every job result published to [`RESULTS_EXCHANGE`] is kept here too, until the
+/// scheduler's relay duty has read it: how a scheduler that died between publishing a
+/// result and marking it relayed is kept from publishing it again.
+pub const RESULTS_LEDGER_QUEUE: &str = "locality.results.ledger";
 /// Jobs exchange on each region's vhost (direct, routing key = priority, or
 /// [`CONTROL_ROUTING_KEY`] for the control plane's requests).
 pub const JOBS_EXCHANGE: &str = "locality.jobs";
@@ -32,8 +36,8 @@ pub const CONTENT_TYPE: &str = "application/json";
 pub const SCHEMA_HEADER: &str = "locality-schema";
 /// Header with the tenant, so a message whose body cannot be read still gets a result.
 pub const TENANT_HEADER: &str = "locality-tenant";
-/// `KEY_ID:HEX`: the region's message key's HMAC over the tenant header and the body
-/// (see `signing`).
+/// `KEY_ID:HEX`: the region's message key's HMAC over the message's route, attempt and
+/// tenant headers and body (see `signing`).
 pub const SIGNATURE_HEADER: &str = "locality-signature";
 /// Which delivery of a job this is (1 = first), counted by Locality itself: a worker
 /// that gives a job back after a transient failure publishes a copy with this raised.
