@@ -2,9 +2,11 @@
 //! ingest endpoint. Errors are `{"error": {"code": ..., "message": ...}}` with a
 //! stable [`ErrorCode`] whose status is the code's own.
 
+pub mod body;
 pub mod serve;
 
-pub use serve::{serve, ServeLimits};
+pub use body::read_body;
+pub use serve::{client_network, serve, ServeLimits};
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
