@@ -43,7 +43,15 @@ pub struct Uploads {
     audit: AuditLog,
     tombstones: Tombstones,
     slots: Arc<Semaphore>,
+    /// Each tenant's own slots (`quota.max_concurrent_uploads`), so one tenant's uploads
+    /// cannot take the region's.
+    tenant_slots: Arc<std::sync::Mutex<BTreeMap<TenantId, Arc<Semaphore>>>>,
+    /// Each tenant's limit, from the configuration.
+    tenant_limits: Arc<BTreeMap<TenantId, usize>>,
     idle_timeout: Duration,
+    /// What a client must keep sending, per `rate_window`.
+    min_per_window: u64,
+    rate_window: Duration,
     /// The longest an upload may take in all (`limits.upload_timeout_seconds`).
     total_timeout: Duration,
     /// Uploads being received now: their tenant and when each began.
@@ -85,6 +93,11 @@ enum Cut {
     Overdue {
         seconds: u64,
     },
+    /// It sent less than the minimum rate in one window.
+    TooSlow {
+        bytes: u64,
+        seconds: u64,
+    },
     Client(String),
 }
 
@@ -95,10 +108,132 @@ impl Uploads {
             tombstones: Tombstones::new(stores.own().clone()),
             stores,
             slots: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
+            tenant_slots: Default::default(),
+            tenant_limits: Arc::new(
+                config
+                    .tenants
+                    .iter()
+                    .map(|(id, tenant)| (id.clone(), tenant.quota.max_concurrent_uploads))
+                    .collect(),
+            ),
             idle_timeout: Duration::from_secs(config.limits.upload_idle_timeout_seconds),
+            rate_window: Duration::from_secs(config.limits.http_body_timeout_seconds.max(1)),
+            min_per_window: config.limits.http_min_upload_bytes_per_second
+                * config.limits.http_body_timeout_seconds.max(1),
             total_timeout: Duration::from_secs(config.limits.upload_timeout_seconds),
             in_flight: Default::default(),
         }
+    }
+
+    fn slots_of(&self, tenant: &TenantId) -> Arc<Semaphore> {
+        let limit = self.tenant_limits.get(tenant).copied().unwrap_or(1).max(1);
+        self.tenant_slots
+            .lock()
+            .expect("upload slots lock")
+            .entry(tenant.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
+    }
+
+    /// An upload's body, cut off when a frame does not come within the idle timeout,
+    /// when a window passes with less than the minimum rate, when the whole takes
+    /// longer than an upload may, or when it outgrows `limit`.
+    fn guard<S>(
+        &self,
+        frames: S,
+        limit: u64,
+    ) -> impl futures::Stream<Item = Result<axum::body::Bytes, Cut>>
+    where
+        S: futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin,
+    {
+        use tokio::time::Instant;
+        let (idle, total) = (self.idle_timeout, self.total_timeout);
+        let (window, min_per_window) = (self.rate_window, self.min_per_window);
+        let overdue_at = Instant::now() + total;
+        struct Progress<S> {
+            frames: S,
+            received: u64,
+            last_frame: Instant,
+            window_end: Instant,
+            in_window: u64,
+            stopped: bool,
+        }
+        impl<S> Progress<S> {
+            /// Closes the window that has ended: too slow, or a fresh one begins.
+            fn roll(
+                &mut self,
+                now: Instant,
+                window: Duration,
+                min_per_window: u64,
+            ) -> Result<(), Cut> {
+                if now < self.window_end {
+                    return Ok(());
+                }
+                if self.in_window < min_per_window {
+                    return Err(Cut::TooSlow {
+                        bytes: min_per_window,
+                        seconds: window.as_secs(),
+                    });
+                }
+                self.window_end = now + window;
+                self.in_window = 0;
+                Ok(())
+            }
+        }
+        let now = Instant::now();
+        let start = Progress {
+            frames,
+            received: 0,
+            last_frame: now,
+            window_end: now + window,
+            in_window: 0,
+            stopped: false,
+        };
+        futures::stream::unfold(start, move |mut progress| async move {
+            if progress.stopped {
+                return None;
+            }
+            let cut = loop {
+                let deadline = (progress.last_frame + idle)
+                    .min(overdue_at)
+                    .min(progress.window_end);
+                match tokio::time::timeout_at(deadline, progress.frames.next()).await {
+                    Ok(None) => return None,
+                    Ok(Some(Err(err))) => break Cut::Client(err.to_string()),
+                    Ok(Some(Ok(chunk))) => {
+                        let now = Instant::now();
+                        progress.last_frame = now;
+                        progress.received += chunk.len() as u64;
+                        progress.in_window += chunk.len() as u64;
+                        if progress.received > limit {
+                            break Cut::TooLarge { limit };
+                        }
+                        if let Err(cut) = progress.roll(now, window, min_per_window) {
+                            break cut;
+                        }
+                        return Some((Ok(chunk), progress));
+                    }
+                    Err(_) => {
+                        let now = Instant::now();
+                        if now >= overdue_at {
+                            break Cut::Overdue {
+                                seconds: total.as_secs(),
+                            };
+                        }
+                        if now >= progress.last_frame + idle {
+                            break Cut::Stalled {
+                                seconds: idle.as_secs(),
+                            };
+                        }
+                        if let Err(cut) = progress.roll(now, window, min_per_window) {
+                            break cut;
+                        }
+                    }
+                }
+            };
+            progress.stopped = true;
+            Some((Err(cut), progress))
+        })
     }
 
     /// Whether an upload of `tenant` begun at or before `at_ms` is still being received
@@ -164,48 +299,24 @@ impl Uploads {
         if declared_length == Some(0) {
             return Err(empty());
         }
+        let busy = |whose: &str| {
+            ApiError::new(
+                ErrorCode::UploadsBusy,
+                format!("every upload slot of {whose} is busy; try again shortly"),
+            )
+        };
+        // The tenant's own slot first, then one of the region's: a tenant at its limit
+        // waits without holding a region slot.
+        let tenant_slots = self.slots_of(&tenant);
+        let _tenant_slot = tokio::time::timeout(SLOT_WAIT, tenant_slots.acquire_owned())
+            .await
+            .map_err(|_| busy("this tenant"))?
+            .expect("the upload slots are never closed");
         let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::UploadsBusy,
-                    "every upload slot of this region is busy; try again shortly",
-                )
-            })?
+            .map_err(|_| busy("this region"))?
             .expect("the upload slots are never closed");
-        let (idle, total) = (self.idle_timeout, self.total_timeout);
-        let overdue_at = tokio::time::Instant::now() + total;
-        // Each frame must come within the idle timeout, all of them within the upload's
-        // time, and the total within the limit.
-        let frames = body.into_data_stream();
-        let guarded = futures::stream::unfold(
-            (frames, 0u64, false),
-            move |(mut frames, received, stopped)| async move {
-                if stopped {
-                    return None;
-                }
-                let wait_until = (tokio::time::Instant::now() + idle).min(overdue_at);
-                let cut = match tokio::time::timeout_at(wait_until, frames.next()).await {
-                    Err(_) if tokio::time::Instant::now() >= overdue_at => Cut::Overdue {
-                        seconds: total.as_secs(),
-                    },
-                    Err(_) => Cut::Stalled {
-                        seconds: idle.as_secs(),
-                    },
-                    Ok(None) => return None,
-                    Ok(Some(Err(err))) => Cut::Client(err.to_string()),
-                    Ok(Some(Ok(chunk))) => {
-                        let received = received + chunk.len() as u64;
-                        if received <= limit {
-                            return Some((Ok(chunk), (frames, received, false)));
-                        }
-                        Cut::TooLarge { limit }
-                    }
-                };
-                Some((Err(cut), (frames, received, true)))
-            },
-        );
-        let guarded = Box::pin(guarded);
+        let guarded = Box::pin(self.guard(body.into_data_stream(), limit));
         let origin = Origin {
             at_ms: begun_ms,
             job: None,
@@ -229,6 +340,10 @@ impl Uploads {
                 StreamError::Body(Cut::Overdue { seconds }) => ApiError::new(
                     ErrorCode::UploadStalled,
                     format!("the upload took longer than {seconds} s in all (limits.upload_timeout_seconds); cut off"),
+                ),
+                StreamError::Body(Cut::TooSlow { bytes, seconds }) => ApiError::new(
+                    ErrorCode::UploadStalled,
+                    format!("the upload sent fewer than {bytes} bytes in {seconds} s (limits.http_min_upload_bytes_per_second); cut off"),
                 ),
                 StreamError::Body(Cut::Client(reason)) => ApiError::new(
                     ErrorCode::InvalidField,
@@ -282,13 +397,23 @@ pub struct IngestState {
     pub registry: prometheus::Registry,
 }
 
+/// The ingest endpoint: uploads, the region's export downloads, and health and metrics.
 pub fn router(state: IngestState) -> Router {
+    let admin = admin_router(state.clone());
     Router::new()
         .route("/v1/sources/{*key}", put(put_source))
+        .merge(downloads_router(state.downloads.clone()))
+        .with_state(state)
+        .merge(admin)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, also served apart with `--admin-listen` so that
+/// probes and scrapes are never queued behind clients.
+pub fn admin_router(state: IngestState) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(downloads_router(state.downloads.clone()))
         .with_state(state)
 }
 

@@ -42,7 +42,10 @@ impl JobContext {
         Self {
             tombstones: Tombstones::new(region.stores().own().clone()),
             budget: MemoryBudget::new(region.limits.worker_memory_budget),
-            options: PipelineOptions::default(),
+            options: PipelineOptions {
+                max_jpeg_scans: region.limits.max_jpeg_scans,
+                ..PipelineOptions::default()
+            },
             cpu_pool,
             region,
         }
@@ -156,6 +159,15 @@ fn erased() -> Failure {
         ErrorCode::Erased,
         "its subject, asset or tenant was erased after the job was submitted; it leaves nothing",
     )
+}
+
+/// Cancels the image work it guards when the job's future is dropped (its deadline).
+struct CancelOnDrop(pipeline::Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 fn too_large(detail: String) -> Failure {
@@ -318,7 +330,11 @@ async fn fetch(
     };
     probe.check_limits(size as usize, &limits)?;
     let cost = pipeline::memory_cost(&probe, size, requests, &context.options);
-    let Some(reservation) = context.budget.reserve(cost.total()).await else {
+    let Some(reservation) = context
+        .budget
+        .reserve(message.tenant.as_str(), cost.total())
+        .await
+    else {
         return Err(too_large(format!(
             "it needs {} MiB at its peak (source {} MiB, decoding {} MiB, outputs {} MiB), more than the worker's whole budget of {} MiB (limits.worker_memory_budget)",
             cost.total() >> 20,
@@ -360,14 +376,17 @@ async fn render_and_store(
         metrics.pixels_in_flight(u64::from(probe.width) * u64::from(probe.height)),
     );
     let options = context.options;
-    // The reservation travels with the work: if the job is abandoned (its deadline),
-    // it is given back only when the work is done.
+    // If the job is abandoned (its deadline), the work is told to stop at its next
+    // step; the reservation travels with it and is given back when it has.
+    let cancel = CancelOnDrop(pipeline::Cancel::default());
+    let stop = cancel.0.clone();
     let (rendered, reservation) = run_on_pool(&context.cpu_pool, move || {
-        let rendered = pipeline::run_probed(&source, probe, &requests, &options);
+        let rendered = pipeline::run_probed(&source, probe, &requests, &options, &stop);
         (rendered, reservation)
     })
     .await
     .map_err(panicked)?;
+    drop(cancel);
     let rendered = rendered?;
     timings.decode_ms = rendered.timings.decode_ms;
     timings.resize_ms = rendered.timings.resize_ms;

@@ -93,7 +93,13 @@ fn every_source_stays_within_the_memory_its_job_reserves() {
                 Ok(()) => {
                     let cost =
                         pipeline::memory_cost(&probe, bytes.len() as u64, &outputs, &options);
-                    let outcome = match pipeline::run_probed(bytes, probe, &outputs, &options) {
+                    let outcome = match pipeline::run_probed(
+                        bytes,
+                        probe,
+                        &outputs,
+                        &options,
+                        &pipeline::Cancel::default(),
+                    ) {
                         Ok(rendered) => format!("rendered {} outputs", rendered.outputs.len()),
                         Err(err) => format!("failed while decoding: {}", err.code()),
                     };

@@ -32,6 +32,49 @@ fn run(bytes: &[u8], outputs: &[OutputRequest]) -> Result<pipeline::Rendered, Pi
     )
 }
 
+#[path = "common/mod.rs"]
+mod sources;
+
+#[test]
+fn a_progressive_jpeg_with_thousands_of_scans_is_refused_at_the_scan_limit() {
+    let bomb = sources::scan_bomb(1024, 5000);
+    let started = std::time::Instant::now();
+    let refused = run(&bomb, &[output(320, ImageFormat::Jpeg)]).unwrap_err();
+    println!(
+        "{} bytes, refused in {:?}: {refused}",
+        bomb.len(),
+        started.elapsed()
+    );
+    assert!(
+        matches!(refused, PipelineError::TooLarge { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(refused.code(), locality_proto::ErrorCode::ImageTooLarge);
+    assert!(refused.to_string().contains("scans"), "{refused}");
+    // Without the limit the decoder passes over every block for every scan before it
+    // gives up: what the limit saves (printed, not asserted: timing is for benchmarks).
+    let unlimited = PipelineOptions {
+        max_jpeg_scans: 1_000_000,
+        ..PipelineOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let outcome = pipeline::run(
+        &bomb,
+        &[output(320, ImageFormat::Jpeg)],
+        &Limits::default(),
+        &unlimited,
+    );
+    println!(
+        "without a scan limit: {:?} after {:?}",
+        outcome.err(),
+        started.elapsed()
+    );
+    // A progressive JPEG as encoders make them (a dozen scans) is well within it.
+    let progressive = sources::scan_bomb(64, 0);
+    let decoded = run(&progressive, &[output(32, ImageFormat::Jpeg)]);
+    assert!(decoded.is_ok(), "{:?}", decoded.err());
+}
+
 fn mean_rgb(bytes: &[u8]) -> [f64; 3] {
     let image = image::load_from_memory(bytes).unwrap().to_rgb8();
     let mut sum = [0.0; 3];

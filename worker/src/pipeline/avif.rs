@@ -12,6 +12,8 @@ pub enum AvifError {
     Config(#[from] rav1e::InvalidConfig),
     #[error("rav1e: {0}")]
     Encoder(#[from] rav1e::EncoderStatus),
+    #[error("stopped: the job's time ran out")]
+    Cancelled,
 }
 
 /// BT.601 luma weights; signalled as matrix coefficients BT.601, full range.
@@ -19,7 +21,12 @@ const KR: f32 = 0.299;
 const KB: f32 = 0.114;
 
 /// Encodes RGB(A) pixels; `quality` 1–100 as for the other formats, `speed` 0–10 (rav1e).
-pub fn encode_avif(pixels: &Pixels, quality: u8, speed: u8) -> Result<Vec<u8>, AvifError> {
+pub fn encode_avif(
+    pixels: &Pixels,
+    quality: u8,
+    speed: u8,
+    cancel: &super::model::Cancel,
+) -> Result<Vec<u8>, AvifError> {
     let (width, height) = (pixels.width as usize, pixels.height as usize);
     let quantizer = quality_to_quantizer(quality);
     let planes = Yuv420::from_pixels(pixels);
@@ -29,6 +36,7 @@ pub fn encode_avif(pixels: &Pixels, quality: u8, speed: u8) -> Result<Vec<u8>, A
         ChromaSampling::Cs420,
         quantizer,
         speed,
+        cancel,
         |frame| {
             fill_plane(&mut frame.planes[0], &planes.y, width, height);
             let (chroma_width, chroma_height) = planes.chroma_size;
@@ -44,6 +52,7 @@ pub fn encode_avif(pixels: &Pixels, quality: u8, speed: u8) -> Result<Vec<u8>, A
             ChromaSampling::Cs400,
             quantizer,
             speed,
+            cancel,
             |frame| fill_plane(&mut frame.planes[0], &alpha, width, height),
         )?)
     } else {
@@ -150,8 +159,12 @@ fn encode_planes(
     chroma_sampling: ChromaSampling,
     quantizer: usize,
     speed: u8,
+    cancel: &super::model::Cancel,
     fill: impl FnOnce(&mut Frame<u8>),
 ) -> Result<Vec<u8>, AvifError> {
+    if cancel.is_cancelled() {
+        return Err(AvifError::Cancelled);
+    }
     let color_description =
         (chroma_sampling != ChromaSampling::Cs400).then_some(ColorDescription {
             color_primaries: ColorPrimaries::BT709,
@@ -184,6 +197,9 @@ fn encode_planes(
     context.flush();
     let mut out = Vec::new();
     loop {
+        if cancel.is_cancelled() {
+            return Err(AvifError::Cancelled);
+        }
         match context.receive_packet() {
             Ok(mut packet) => {
                 if packet.frame_type == FrameType::KEY {

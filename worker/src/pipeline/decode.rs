@@ -72,6 +72,11 @@ fn decode_jpeg(
     decompressor
         .set_scaling_factor(turbojpeg::ScalingFactor::new(num, denom))
         .map_err(corrupt)?;
+    // A progressive JPEG with thousands of tiny scans decodes for seconds: refused at
+    // the limit instead.
+    decompressor
+        .set_scan_limit(options.max_jpeg_scans)
+        .map_err(corrupt)?;
     let header = decompressor.read_header(source).map_err(corrupt)?;
     let scaled = header.scaled(decompressor.scaling_factor());
     let (width, height) = (scaled.width, scaled.height);
@@ -93,7 +98,18 @@ fn decode_jpeg(
                 format,
             },
         )
-        .map_err(corrupt)?;
+        .map_err(|err| {
+            if err.to_string().contains("scans") {
+                PipelineError::TooLarge {
+                    detail: format!(
+                        "a progressive JPEG with more than {} scans (limits.max_jpeg_scans)",
+                        options.max_jpeg_scans
+                    ),
+                }
+            } else {
+                corrupt(err)
+            }
+        })?;
     let icc = probe.icc_profile.as_deref();
     if probe.cmyk {
         return Ok(Decoded {

@@ -4,7 +4,7 @@ use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 use locality_proto::ImageFormat;
 
-use super::model::{PipelineOptions, Pixels};
+use super::model::{Cancel, PipelineOptions, Pixels};
 use super::PipelineError;
 
 pub fn encode(
@@ -13,16 +13,29 @@ pub fn encode(
     quality: u8,
     options: &PipelineOptions,
 ) -> Result<Vec<u8>, PipelineError> {
+    encode_until(pixels, format, quality, options, &Cancel::default())
+}
+
+/// [`encode`], stopped (`Cancelled`) once `cancel` is set, where the encoder lets it be.
+pub fn encode_until(
+    pixels: &Pixels,
+    format: ImageFormat,
+    quality: u8,
+    options: &PipelineOptions,
+    cancel: &Cancel,
+) -> Result<Vec<u8>, PipelineError> {
     let fail = |detail: String| PipelineError::Encode { format, detail };
-    match format {
+    let encoded = match format {
         ImageFormat::Jpeg => {
             encode_jpeg(&flatten_alpha(pixels), quality).map_err(|e| fail(e.to_string()))
         }
         ImageFormat::Png => encode_png(pixels).map_err(|e| fail(e.to_string())),
-        ImageFormat::Webp => encode_webp(pixels, quality).map_err(fail),
-        ImageFormat::Avif => super::avif::encode_avif(pixels, quality, options.avif_speed)
+        ImageFormat::Webp => encode_webp(pixels, quality, cancel).map_err(fail),
+        ImageFormat::Avif => super::avif::encode_avif(pixels, quality, options.avif_speed, cancel)
             .map_err(|e| fail(e.to_string())),
-    }
+    };
+    cancel.check()?;
+    encoded
 }
 
 /// JPEG has no alpha: composite onto white, as browsers show a transparent image on a white page.
@@ -75,37 +88,53 @@ fn encode_png(pixels: &Pixels) -> Result<Vec<u8>, image::ImageError> {
     Ok(out)
 }
 
-/// Lossy WebP through libwebp's simple API (method 4).
-fn encode_webp(pixels: &Pixels, quality: u8) -> Result<Vec<u8>, String> {
+/// Lossy WebP, as libwebp's simple API makes it (default preset, method 4), with a
+/// progress hook that stops the encoder once `cancel` is set.
+fn encode_webp(pixels: &Pixels, quality: u8, cancel: &Cancel) -> Result<Vec<u8>, String> {
+    use libwebp_sys::{WebPConfig, WebPMemoryWriter, WebPPicture, WebPPreset};
+
+    unsafe extern "C" fn keep_going(
+        _percent: std::ffi::c_int,
+        picture: *const WebPPicture,
+    ) -> std::ffi::c_int {
+        // SAFETY: `user_data` is the cancel flag, which outlives the encode call.
+        let flag = unsafe { &*((*picture).user_data as *const std::sync::atomic::AtomicBool) };
+        std::ffi::c_int::from(!flag.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    let config = WebPConfig::new_with_preset(WebPPreset::WEBP_PRESET_DEFAULT, f32::from(quality))
+        .map_err(|()| "libwebp refused its configuration".to_string())?;
+    let mut picture = WebPPicture::new().map_err(|()| "libwebp refused a picture".to_string())?;
+    picture.use_argb = 0;
+    picture.width = pixels.width as i32;
+    picture.height = pixels.height as i32;
     let stride = pixels.width as i32 * i32::from(pixels.channels);
-    let mut output: *mut u8 = std::ptr::null_mut();
-    // SAFETY: the buffer holds width*height*channels bytes with the given stride;
-    // libwebp allocates `output`, which is copied and then freed with WebPFree.
+    // SAFETY: the writer and the flag outlive the encode; the picture's buffers are
+    // libwebp's own (made by the import, freed by WebPPictureFree); the pixel buffer
+    // holds width*height*channels bytes with the given stride.
     unsafe {
-        let length = if pixels.has_alpha() {
-            libwebp_sys::WebPEncodeRGBA(
-                pixels.data.as_ptr(),
-                pixels.width as i32,
-                pixels.height as i32,
-                stride,
-                f32::from(quality),
-                &mut output,
-            )
+        let mut writer: WebPMemoryWriter = std::mem::zeroed();
+        libwebp_sys::WebPMemoryWriterInit(&mut writer);
+        picture.writer = Some(libwebp_sys::WebPMemoryWrite);
+        picture.custom_ptr = (&mut writer as *mut WebPMemoryWriter).cast();
+        picture.progress_hook = Some(keep_going);
+        picture.user_data = (cancel.flag() as *const std::sync::atomic::AtomicBool)
+            .cast_mut()
+            .cast();
+        let imported = if pixels.has_alpha() {
+            libwebp_sys::WebPPictureImportRGBA(&mut picture, pixels.data.as_ptr(), stride)
         } else {
-            libwebp_sys::WebPEncodeRGB(
-                pixels.data.as_ptr(),
-                pixels.width as i32,
-                pixels.height as i32,
-                stride,
-                f32::from(quality),
-                &mut output,
-            )
+            libwebp_sys::WebPPictureImportRGB(&mut picture, pixels.data.as_ptr(), stride)
         };
-        if output.is_null() || length == 0 {
-            return Err("libwebp returned no data".into());
-        }
-        let bytes = std::slice::from_raw_parts(output, length).to_vec();
-        libwebp_sys::WebPFree(output.cast());
-        Ok(bytes)
+        let encoded = imported != 0 && libwebp_sys::WebPEncode(&config, &mut picture) != 0;
+        let error = picture.error_code;
+        libwebp_sys::WebPPictureFree(&mut picture);
+        let result = if encoded && !writer.mem.is_null() && writer.size > 0 {
+            Ok(std::slice::from_raw_parts(writer.mem, writer.size).to_vec())
+        } else {
+            Err(format!("libwebp could not encode it ({error:?})"))
+        };
+        libwebp_sys::WebPMemoryWriterClear(&mut writer);
+        result
     }
 }

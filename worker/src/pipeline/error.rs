@@ -1,5 +1,6 @@
-//! Why an image could not be processed. Every variant is permanent: retrying the
-//! same bytes gives the same answer, so the job fails at once with this reason.
+//! Why an image could not be processed. Every variant but `Cancelled` is permanent:
+//! retrying the same bytes gives the same answer, so the job fails at once with this
+//! reason.
 
 use locality_proto::{ErrorCode, ImageFormat};
 
@@ -19,6 +20,9 @@ pub enum PipelineError {
     Encode { format: ImageFormat, detail: String },
     #[error("could not resize: {detail}")]
     Resize { detail: String },
+    /// The job's time ran out; the work stopped at its next step.
+    #[error("stopped: the job's time ran out")]
+    Cancelled,
 }
 
 impl PipelineError {
@@ -30,6 +34,7 @@ impl PipelineError {
             PipelineError::Corrupt { .. } => ErrorCode::CorruptImage,
             PipelineError::Encode { .. } => ErrorCode::EncodeFailed,
             PipelineError::Resize { .. } => ErrorCode::ResizeFailed,
+            PipelineError::Cancelled => ErrorCode::JobTimeout,
         }
     }
 

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 pub use cost::{memory_cost, MemoryCost};
 pub use decode::Decoded;
-pub use model::{EncodedOutput, OutputRequest, PipelineOptions, PipelineTimings, Pixels};
+pub use model::{Cancel, EncodedOutput, OutputRequest, PipelineOptions, PipelineTimings, Pixels};
 
 /// The stages one at a time, for the per-stage benchmarks: the functions `run` calls.
 pub mod stages {
@@ -56,19 +56,22 @@ pub fn run(
 ) -> Result<Rendered, PipelineError> {
     let probe = probe(source)?;
     probe.check_limits(source.len(), limits)?;
-    run_probed(source, probe, outputs, options)
+    run_probed(source, probe, outputs, options, &Cancel::default())
 }
 
 /// The pipeline for a source already probed and checked against the limits
-/// (so a caller that probed to reserve memory does not parse the header twice).
+/// (so a caller that probed to reserve memory does not parse the header twice),
+/// stopping at its next step once `cancel` is set.
 pub fn run_probed(
     source: &[u8],
     probe: Probe,
     outputs: &[OutputRequest],
     options: &PipelineOptions,
+    cancel: &Cancel,
 ) -> Result<Rendered, PipelineError> {
     let plans: Vec<OutputPlan> = outputs.iter().map(|o| plan_output(&probe, o)).collect();
 
+    cancel.check()?;
     let started = Instant::now();
     let decoded = decode::decode(source, &probe, &plans, options)?;
     let decode_ms = elapsed_ms(started);
@@ -76,7 +79,7 @@ pub fn run_probed(
     let results: Vec<Result<(EncodedOutput, f64, f64), PipelineError>> = outputs
         .par_iter()
         .zip(plans.par_iter())
-        .map(|(request, plan)| render_one(&decoded, &probe, request, plan, options))
+        .map(|(request, plan)| render_one(&decoded, &probe, request, plan, options, cancel))
         .collect();
 
     let mut timings = PipelineTimings {
@@ -105,7 +108,9 @@ fn render_one(
     request: &OutputRequest,
     plan: &OutputPlan,
     options: &PipelineOptions,
+    cancel: &Cancel,
 ) -> Result<(EncodedOutput, f64, f64), PipelineError> {
+    cancel.check()?;
     let started = Instant::now();
     // Resize in stored orientation, then rotate the (small) result.
     let (stored_width, stored_height) = plan.stored_size(probe.orientation);
@@ -123,8 +128,9 @@ fn render_one(
     }
     let resize_ms = elapsed_ms(started);
 
+    cancel.check()?;
     let started = Instant::now();
-    let bytes = encode::encode(&pixels, request.format, request.quality, options)?;
+    let bytes = encode::encode_until(&pixels, request.format, request.quality, options, cancel)?;
     let encode_ms = elapsed_ms(started);
     Ok((
         EncodedOutput {

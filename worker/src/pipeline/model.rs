@@ -1,8 +1,13 @@
 //! What the pipeline's stages pass each other: pixels, output requests, options,
 //! encoded outputs and timings. Stages import this, not the module that orchestrates them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use locality_proto::envelope::ResolvedOutput;
 use locality_proto::ImageFormat;
+
+use super::PipelineError;
 
 /// Pixels in memory: 8-bit RGB or RGBA, rows packed.
 #[derive(Debug, Clone)]
@@ -69,6 +74,8 @@ pub struct PipelineOptions {
     pub shrink_on_load_margin: f64,
     /// AV1 encoder speed (rav1e 0..=10).
     pub avif_speed: u8,
+    /// Scans a progressive JPEG may have (`limits.max_jpeg_scans`).
+    pub max_jpeg_scans: u32,
 }
 
 impl Default for PipelineOptions {
@@ -76,6 +83,37 @@ impl Default for PipelineOptions {
         Self {
             shrink_on_load_margin: 1.0,
             avif_speed: 9,
+            max_jpeg_scans: locality_proto::Limits::default().max_jpeg_scans,
         }
+    }
+}
+
+/// Set when a job's time is up: the pipeline stops at its next step (before each
+/// stage and each output, and inside the WebP and AVIF encoders), so abandoned work
+/// does not keep an image thread busy.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), PipelineError> {
+        if self.is_cancelled() {
+            Err(PipelineError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The flag itself, for an encoder's progress hook.
+    pub(crate) fn flag(&self) -> &AtomicBool {
+        &self.0
     }
 }

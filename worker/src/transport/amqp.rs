@@ -19,9 +19,10 @@ use lapin::{Channel, Connection, Consumer};
 use locality_broker::publish::own_headers;
 use locality_broker::{
     confirm_channel, json_properties, number_header, publish_confirmed, settle, signed,
-    text_header, verify_signed, with_number_header, BrokerError, Link,
+    text_header, verify_signed, with_number_header, BrokerError, Link, Route,
 };
 use locality_proto::gdpr::RegionRequest;
+use locality_proto::signing::Direction;
 use locality_proto::signing::MessageKeys;
 use locality_proto::topology::{
     control_queue, jobs_queue, sweep_lock_queue, ATTEMPT_HEADER, CONTENT_TYPE,
@@ -199,12 +200,21 @@ impl JobSource for AmqpSource {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0)
         };
+        // The broker's count of returns means something only on a delivery it flags as
+        // redelivered: a publisher can put any header on a first one.
+        let returned_unsettled = if message.redelivered {
+            count(DELIVERY_COUNT_HEADER)
+        } else {
+            0
+        };
         Some(Incoming {
             received: read_message(&message, is_request, &self.keys),
             attempt: count(ATTEMPT_HEADER).max(1),
-            returned_unsettled: count(DELIVERY_COUNT_HEADER),
+            returned_unsettled,
             delivery: AmqpDelivery {
                 message,
+                is_request,
+                keys: self.keys.clone(),
                 retries: self.retries.clone(),
             },
         })
@@ -224,10 +234,21 @@ impl JobSource for AmqpSource {
     }
 }
 
-/// A message from a job queue, and the channel its retry copy is published on.
+/// A message from a job queue, and what its retry copy is signed with and published on.
 struct AmqpDelivery {
     message: AmqpMessage,
+    is_request: bool,
+    keys: MessageKeys,
     retries: Channel,
+}
+
+/// What a message to the region's workers is, as its signature binds it.
+fn inbound_route(is_request: bool, routing_key: &str) -> Route<'_> {
+    Route {
+        direction: Direction::ToRegion,
+        kind: if is_request { "request" } else { "job" },
+        routing_key,
+    }
 }
 
 impl AmqpDelivery {
@@ -257,6 +278,16 @@ impl Delivery for AmqpDelivery {
         let mut properties = original.clone().with_headers(own_headers(original));
         properties = with_number_header(properties, ATTEMPT_HEADER, i64::from(next_attempt))
             .with_expiration(delay.as_millis().to_string().as_str().into());
+        // The signature binds the attempt: the copy is signed again, with the region's key.
+        let routing_key = self.message.routing_key.as_str();
+        let tenant = text_header(original, TENANT_HEADER).unwrap_or_default();
+        properties = signed(
+            properties,
+            &self.keys,
+            inbound_route(self.is_request, routing_key),
+            &tenant,
+            &self.message.data,
+        );
         let published = publish_confirmed(
             &self.retries,
             RETRY_EXCHANGE,
@@ -368,9 +399,15 @@ impl EventSink for AmqpEvents {
     async fn publish(&self, event: WorkerEvent) -> Result<(), TransportError> {
         let payload = serde_json::to_vec(&event).expect("events serialise");
         let tenant = event.tenant_and_region().0.as_str();
+        let route = Route {
+            direction: Direction::ToScheduler,
+            kind: "event",
+            routing_key: "",
+        };
         let properties = signed(
             json_properties(ENVELOPE_VERSION),
             &self.keys,
+            route,
             tenant,
             &payload,
         );
@@ -386,7 +423,8 @@ impl EventSink for AmqpEvents {
 /// The job (or, from the control queue, the request) in a delivery, or why it cannot be read.
 fn read_message(message: &AmqpMessage, is_request: bool, keys: &MessageKeys) -> Received {
     let properties = &message.properties;
-    if let Err(err) = verify_signed(keys, properties, &message.data) {
+    let route = inbound_route(is_request, message.routing_key.as_str());
+    if let Err(err) = verify_signed(keys, route, properties, &message.data) {
         // Nothing of an unsigned message is believed, the job it names least of all.
         return Received::Unreadable(Unreadable {
             code: ErrorCode::BadSignature,

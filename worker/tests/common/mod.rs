@@ -95,3 +95,52 @@ pub fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
     }
     panic!("no frame header found");
 }
+
+/// A progressive JPEG of a flat `size`×`size` image whose last scan is repeated until
+/// it has about `scans` scans: each repeat is a few bytes, and each makes the decoder
+/// pass over every block again (libjpeg only warns about the bogus progression), so a
+/// decoder without a scan limit spends seconds on a file of a few hundred kilobytes.
+pub fn scan_bomb(size: usize, scans: usize) -> Vec<u8> {
+    let pixels = vec![128u8; size * size * 3];
+    let mut compressor = turbojpeg::Compressor::new().unwrap();
+    compressor.set_quality(90).unwrap();
+    compressor.set_progressive(true).unwrap();
+    let jpeg = compressor
+        .compress_to_vec(turbojpeg::Image {
+            pixels: pixels.as_slice(),
+            width: size,
+            pitch: size * 3,
+            height: size,
+            format: turbojpeg::PixelFormat::RGB,
+        })
+        .unwrap();
+    let (mut at, mut last_scan) = (2, None);
+    while at + 4 <= jpeg.len() {
+        assert_eq!(jpeg[at], 0xFF, "a marker at {at}");
+        let marker = jpeg[at + 1];
+        if marker == 0xD9 {
+            break;
+        }
+        let length = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+        let mut end = at + 2 + length;
+        if marker == 0xDA {
+            // Entropy-coded data runs to the next marker that is not a stuffed byte
+            // or a restart marker.
+            while !(jpeg[end] == 0xFF
+                && jpeg[end + 1] != 0
+                && !(0xD0..=0xD7).contains(&jpeg[end + 1]))
+            {
+                end += 1;
+            }
+            last_scan = Some(at..end);
+        }
+        at = end;
+    }
+    let last_scan = last_scan.expect("a progressive JPEG has scans");
+    let mut bomb = jpeg[..last_scan.end].to_vec();
+    for _ in 0..scans {
+        bomb.extend_from_slice(&jpeg[last_scan.clone()]);
+    }
+    bomb.extend_from_slice(&[0xFF, 0xD9]);
+    bomb
+}
