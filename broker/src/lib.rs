@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use lapin;
 pub use publish::{
     confirm_channel, json_properties, number_header, publish_confirmed, short, signed, text_header,
-    verify_signed, with_number_header, with_text_header,
+    verify_signed, with_number_header, with_text_header, Route,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -16,30 +16,64 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerE
     Ok(channel)
 }
 
-/// `properties` with the tenant header and the region's signature over it and `payload`:
-/// how the scheduler and a region's workers send each other messages.
+/// Where a signed message goes, which its signature binds along with its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub direction: locality_proto::signing::Direction,
+    /// `job`, `request` or `event`.
+    pub kind: &'a str,
+    pub routing_key: &'a str,
+}
+
+fn signing_context<'a>(
+    route: &Route<'a>,
+    properties: &BasicProperties,
+    tenant: &'a str,
+) -> locality_proto::signing::Context<'a> {
+    let attempt = number_header(properties, locality_proto::topology::ATTEMPT_HEADER)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1);
+    locality_proto::signing::Context {
+        direction: route.direction,
+        kind: route.kind,
+        routing_key: route.routing_key,
+        attempt,
+        tenant,
+    }
+}
+
+/// `properties` with the tenant header and the region's signature over the route, the
+/// attempt header, the tenant and `payload`: how the scheduler and a region's workers
+/// send each other messages. Set the attempt header before signing.
 pub fn signed(
     properties: BasicProperties,
     keys: &locality_proto::signing::MessageKeys,
+    route: Route<'_>,
     tenant: &str,
     payload: &[u8],
 ) -> BasicProperties {
     use locality_proto::topology::{SIGNATURE_HEADER, TENANT_HEADER};
     let properties = with_text_header(properties, TENANT_HEADER, tenant);
-    with_text_header(properties, SIGNATURE_HEADER, &keys.sign(tenant, payload))
+    let signature = keys.sign(&signing_context(&route, &properties, tenant), payload);
+    with_text_header(properties, SIGNATURE_HEADER, &signature)
 }
 
-/// Whether a received message carries the region's signature over its tenant header
-/// and body.
+/// Whether a received message carries the region's signature over the route it came
+/// by, its attempt and tenant headers and its body.
 pub fn verify_signed(
     keys: &locality_proto::signing::MessageKeys,
+    route: Route<'_>,
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<(), locality_proto::signing::SignatureError> {
     use locality_proto::topology::{SIGNATURE_HEADER, TENANT_HEADER};
     let tenant = text_header(properties, TENANT_HEADER).unwrap_or_default();
     let signature = text_header(properties, SIGNATURE_HEADER);
-    keys.verify(signature.as_deref(), &tenant, body)
+    keys.verify(
+        signature.as_deref(),
+        &signing_context(&route, properties, &tenant),
+        body,
+    )
 }
 
 /// Properties of every message Locality publishes: JSON, persistent, schema version header.

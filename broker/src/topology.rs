@@ -6,8 +6,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 use locality_proto::topology::{
     control_queue, dead_letter_queue, events_queue, jobs_queue, retry_queue, CONTROL_ROUTING_KEY,
-    DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RETRY_EXCHANGE,
-    SUBMIT_DEAD_LETTER_QUEUE, SUBMIT_EXCHANGE, SUBMIT_QUEUE,
+    DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, JOBS_EXCHANGE, RESULTS_EXCHANGE, RESULTS_LEDGER_QUEUE,
+    RETRY_EXCHANGE, SUBMIT_DEAD_LETTER_QUEUE, SUBMIT_EXCHANGE, SUBMIT_QUEUE,
 };
 use locality_proto::{Limits, Priority, RegionId};
 
@@ -112,7 +112,7 @@ fn broker_safety_limit(delivery_limit: u32) -> u32 {
 }
 
 /// The scheduler's vhost: `locality.submit` (topic, routing key = tenant) into a quorum
-/// queue with dead letters, and the `locality.results` topic exchange.
+/// queue with dead letters, and the `locality.results` topic exchange with its ledger.
 pub async fn declare_scheduler(channel: &Channel, limits: &Limits) -> Result<(), BrokerError> {
     let delivery_limit = limits.delivery_limit;
     exchange(channel, DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
@@ -131,6 +131,16 @@ pub async fn declare_scheduler(channel: &Channel, limits: &Limits) -> Result<(),
     .await?;
     bind(channel, SUBMIT_QUEUE, SUBMIT_EXCHANGE, "#").await?;
     exchange(channel, RESULTS_EXCHANGE, ExchangeKind::Topic).await?;
+    quorum_queue(channel, RESULTS_LEDGER_QUEUE, DeadLetters::None).await?;
+    for outcome in ["succeeded", "failed", "refused"] {
+        bind(
+            channel,
+            RESULTS_LEDGER_QUEUE,
+            RESULTS_EXCHANGE,
+            &format!("*.{outcome}"),
+        )
+        .await?;
+    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use locality_http::ServeLimits;
 use locality_proto::{Config, RegionConfig, RegionId};
 use locality_scheduler::amqp::{AmqpRegion, AmqpResults};
-use locality_scheduler::{Control, JobStore, Region, UploadRoute};
+use locality_scheduler::{Control, ControlStore, Region, UploadRoute};
 use locality_worker::ingest::{Downloads, IngestState, Uploads};
 use locality_worker::rights::retention::run_periodically;
 use locality_worker::transport::amqp::{run_amqp, SweepLock};
@@ -26,6 +26,10 @@ pub struct SchedulerArgs {
     /// Address for the HTTP API; scheduler.listen from the config when absent.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address for /healthz, /readyz and /metrics apart from the API (also on the API):
+    /// point probes and scrapes here. scheduler.admin_listen from the config when absent.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Accept the public demo secrets of the example config (demo tenants' API keys,
     /// the demo pseudonymisation key). Never in production.
     #[arg(long)]
@@ -41,6 +45,9 @@ pub struct WorkerArgs {
     /// store, /healthz, /readyz, /metrics). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Address for /healthz, /readyz and /metrics apart from the ingest endpoint.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Threads for image work. Defaults to the CPU count.
     #[arg(long)]
     threads: Option<usize>,
@@ -74,7 +81,7 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         .database_url
         .clone()
         .context("scheduler.database_url (PostgreSQL) is required by `locality scheduler`")?;
-    let store = JobStore::open(&database_url)
+    let store = ControlStore::open(&database_url)
         .await
         .context("opening the control store")?;
     let mut links = Vec::new();
@@ -103,6 +110,8 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         links.push(link);
     }
     let listen = crate::listen_address(&config, args.listen)?;
+    let admin = crate::admin_address(&config, args.admin_listen)?;
+    let limits = config.limits;
     let shutdown = CancellationToken::new();
     crate::shutdown::on_signal(shutdown.clone());
 
@@ -141,14 +150,19 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         "locality scheduler: listening on http://{}",
         listener.local_addr()?
     );
+    let admin_router = locality_scheduler::http::admin_router(control.clone(), registry.clone());
+    let admin = crate::serve_admin(admin, admin_router, &limits, shutdown.clone()).await?;
     locality_http::serve(
         listener,
         locality_scheduler::http::router(control, registry),
-        ServeLimits::default(),
+        ServeLimits::from(&limits),
         shutdown,
     )
     .await
     .context("serving HTTP")?;
+    if let Some(admin) = admin {
+        admin.await.context("the admin listener failed")??;
+    }
     broker.await.context("the broker links failed")?;
     background
         .await
@@ -201,13 +215,16 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         let shutdown = CancellationToken::new();
         crate::shutdown::on_signal(shutdown.clone());
         let connected = Arc::new(AtomicBool::new(false));
-        let ingest = locality_worker::ingest::router(IngestState {
+        let limits = config.limits;
+        let state = IngestState {
             downloads: Downloads::new(&config, [stores.clone()]),
             uploads: Uploads::new(stores, &config),
             config,
             connected: connected.clone(),
             registry,
-        });
+        };
+        let admin = locality_worker::ingest::admin_router(state.clone());
+        let ingest = locality_worker::ingest::router(state);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -215,10 +232,11 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
             "locality worker {region}: ingest on http://{}, {threads} threads, {slots} jobs at once",
             listener.local_addr()?
         );
+        let admin = crate::serve_admin(args.admin_listen, admin, &limits, shutdown.clone()).await?;
         let http = tokio::spawn(locality_http::serve(
             listener,
             ingest,
-            ServeLimits::default(),
+            ServeLimits::from(&limits),
             shutdown.clone(),
         ));
         // The region's retention sweep, by whichever of its workers holds the lock.
@@ -247,6 +265,9 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
         run_amqp(worker, url, keys, slots, connected, shutdown).await;
         sweeper.await.context("the retention sweeper failed")?;
         http.await.context("the ingest endpoint failed")??;
+        if let Some(admin) = admin {
+            admin.await.context("the admin listener failed")??;
+        }
         println!("locality worker {region}: stopped");
         Ok(())
     })

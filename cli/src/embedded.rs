@@ -15,6 +15,10 @@ pub struct UpArgs {
     /// (127.0.0.1:8080 by default). Port 0 picks a free port.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address for /healthz, /readyz and /metrics apart from the API (also on the API);
+    /// scheduler.admin_listen from the config when absent.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// Directory holding one subfolder per region: the local object store of every
     /// region whose config names no `store` URL.
     #[arg(long, default_value = "./data")]
@@ -35,6 +39,9 @@ pub fn run(config: Config, args: UpArgs) -> Result<()> {
 
 async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -> Result<()> {
     let listen = crate::listen_address(&config, args.listen)?;
+    let admin = crate::admin_address(&config, args.admin_listen)?;
+    let limits = locality_http::ServeLimits::from(&config.limits);
+    let config_limits = config.limits;
     let shutdown = CancellationToken::new();
     crate::shutdown::on_signal(shutdown.clone());
     let options = Options {
@@ -56,12 +63,21 @@ async fn serve(config: Config, args: UpArgs, cpu_pool: Arc<rayon::ThreadPool>) -
             region.region, region.description, region.data
         );
     }
+    let admin = crate::serve_admin(
+        admin,
+        embedded.admin_router(),
+        &config_limits,
+        shutdown.clone(),
+    )
+    .await?;
     println!("  press Ctrl-C to drain and stop");
 
-    let limits = locality_http::ServeLimits::default();
     locality_http::serve(listener, embedded.router(), limits, shutdown)
         .await
         .context("serving HTTP")?;
+    if let Some(admin) = admin {
+        admin.await.context("the admin listener failed")??;
+    }
     embedded.finish().await;
     println!("locality up: stopped");
     Ok(())

@@ -154,6 +154,46 @@ fn listen_address(
     }
 }
 
+/// Serves health and metrics on their own listener, when an address is given (the
+/// flag, or scheduler.admin_listen), apart from the API's clients.
+async fn serve_admin(
+    address: Option<std::net::SocketAddr>,
+    router: axum::Router,
+    limits: &locality_proto::Limits,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    use anyhow::Context;
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address} (admin)"))?;
+    println!("  health and metrics on http://{}", listener.local_addr()?);
+    Ok(Some(tokio::spawn(locality_http::serve(
+        listener,
+        router,
+        locality_http::ServeLimits::from(limits),
+        shutdown,
+    ))))
+}
+
+/// The admin address: the flag, or scheduler.admin_listen from the config.
+fn admin_address(
+    config: &locality_proto::Config,
+    flag: Option<std::net::SocketAddr>,
+) -> Result<Option<std::net::SocketAddr>> {
+    use anyhow::Context;
+    match (flag, &config.scheduler.admin_listen) {
+        (Some(address), _) => Ok(Some(address)),
+        (None, Some(text)) => text
+            .parse()
+            .map(Some)
+            .with_context(|| format!("scheduler.admin_listen {text:?} is not an address")),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Threads for image work: the flag, or the CPU count.
 fn threads(flag: Option<usize>) -> usize {
     flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))

@@ -17,7 +17,7 @@ use locality_proto::audit::{
 use locality_proto::time::{now_millis, parse_rfc3339, rfc3339, Millis};
 use locality_proto::{Config, RegionId, TenantId};
 use locality_scheduler::store::JobFilter;
-use locality_scheduler::JobStore;
+use locality_scheduler::ControlStore;
 use locality_worker::audit::summarise;
 use locality_worker::RegionStores;
 use serde::Serialize;
@@ -261,7 +261,7 @@ async fn summarise_regions(
 /// The tenant's jobs created from a day before `from` (so jobs audited just after
 /// `from` are known); only those created from `from` on must be audited.
 async fn control_jobs(database: &str, tenant: &TenantId, from: Millis) -> Result<Vec<ControlJob>> {
-    let store = JobStore::open(database)
+    let store = ControlStore::open(database)
         .await
         .context("opening the control store")?;
     let mut filter = JobFilter {

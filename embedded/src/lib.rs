@@ -17,7 +17,7 @@ use locality_http::ApiError;
 use locality_proto::gdpr::RegionRequest;
 use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::store::StoreError as ControlStoreError;
-use locality_scheduler::{Control, DispatchError, JobDispatch, JobStore, Region, SourceStore};
+use locality_scheduler::{Control, ControlStore, DispatchError, JobDispatch, Region, SourceStore};
 use locality_worker::ingest::{downloads_router, Downloads, Uploads};
 use locality_worker::rights::retention::run_periodically;
 use locality_worker::rights::MissingKey;
@@ -152,11 +152,11 @@ impl Embedded {
             "sqlite://{}?mode=rwc",
             options.data_dir.join("control.sqlite").display()
         );
-        let store = JobStore::open(&database).await.map_err(Box::new)?;
+        let store = ControlStore::open(&database).await.map_err(Box::new)?;
         let registry = prometheus::Registry::new();
         locality_http::register_build_info(&registry);
         let worker_metrics = WorkerMetrics::register(&registry);
-        let (events, mut events_rx) = mpsc::unbounded_channel();
+        let mut event_sources = Vec::new();
         let mut regions = BTreeMap::new();
         let mut infos = Vec::new();
         let mut tasks = Vec::new();
@@ -168,6 +168,8 @@ impl Embedded {
                     source: Box::new(source),
                 })?;
             every_store.push(stores.clone());
+            let (events, events_rx) = mpsc::unbounded_channel();
+            event_sources.push((region.clone(), events_rx));
             let (queue, source) = in_process_queue();
             let region_context = RegionContext::new(stores.clone(), &config, &worker_metrics);
             let worker = Arc::new(Worker {
@@ -203,7 +205,6 @@ impl Embedded {
                 queue,
             });
         }
-        drop(events);
         let downloads = Downloads::new(&config, every_store);
 
         let control = Arc::new(Control::new(config, regions, store, &registry));
@@ -214,16 +215,19 @@ impl Embedded {
                 "jobs accepted before the last stop are queued again"
             );
         }
-        let recorder = control.clone();
-        // Ends when every worker (and so every event sender) has stopped.
-        tasks.push(tokio::spawn(async move {
-            while let Some(event) = events_rx.recv().await {
-                while let Err(err) = recorder.record_event(&event).await {
-                    tracing::warn!(error = %err, "could not record a job event; trying again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The same relay as the distributed mode's, one per region; each ends when the
+        // region's worker and sweeper (its event senders) have stopped.
+        for (region, mut events) in event_sources {
+            let recorder = control.clone();
+            tasks.push(tokio::spawn(async move {
+                // Events still arriving after shutdown are applied: the workers finish
+                // what they run, and its results must be recorded.
+                let never = CancellationToken::new();
+                while let Some(event) = events.recv().await {
+                    recorder.relay_event(&region, &event, &never).await;
                 }
-            }
-        }));
+            }));
+        }
         let background = control.clone();
         tasks.push(tokio::spawn(async move {
             background.run_background(shutdown).await;
@@ -242,6 +246,11 @@ impl Embedded {
     pub fn router(&self) -> axum::Router {
         locality_scheduler::http::router(self.control.clone(), self.registry.clone())
             .merge(downloads_router(self.downloads.clone()))
+    }
+
+    /// Health and metrics, for a listener of their own.
+    pub fn admin_router(&self) -> axum::Router {
+        locality_scheduler::http::admin_router(self.control.clone(), self.registry.clone())
     }
 
     /// Waits until the workers have finished their jobs in flight (after `shutdown`).

@@ -1,5 +1,8 @@
 //! Prometheus metrics of the control plane, registered in the process's registry.
+//! Labels are bounded: regions, priorities, outcomes and codes are fixed sets, and
+//! tenant labels name configured tenants only.
 
+use locality_proto::Config;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
@@ -16,39 +19,35 @@ pub struct SchedulerMetrics {
     pub rights_parts_resent: IntCounterVec,
     /// Open parts per state (`failed_for_good`: past the deadline, needs an operator).
     pub rights_parts_open: IntGaugeVec,
+    /// Jobs accepted per tenant.
+    pub tenant_jobs_submitted: IntCounterVec,
+    /// Jobs waiting in the control store for their region's window, per region and tenant.
+    pub tenant_jobs_waiting: IntGaugeVec,
+    /// Submissions refused by a tenant's quota (`rate_limited`, `quota_exceeded`).
+    pub tenant_submissions_limited: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_circuit_open: IntGaugeVec,
+    /// Background duties started again after they ended unexpectedly.
+    pub background_restarts: IntCounterVec,
 }
 
 impl SchedulerMetrics {
-    pub fn register(registry: &Registry) -> Self {
+    pub fn register(registry: &Registry, config: &Config) -> Self {
+        let register = |metric: Box<dyn prometheus::core::Collector>| {
+            registry
+                .register(metric)
+                .expect("scheduler metric names are unique");
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("scheduler metric names are unique");
+            register(Box::new(metric.clone()));
             metric
         };
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
-                "locality_queue_depth",
-                "Jobs waiting, per region and priority",
-            ),
-            &["region", "priority"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .expect("scheduler metric names are unique");
-        let broker_connected = IntGaugeVec::new(
-            Opts::new(
-                "locality_broker_connected",
-                "1 while this scheduler's connection to a broker is up, per link",
-            ),
-            &["link"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(broker_connected.clone()))
-            .expect("scheduler metric names are unique");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            register(Box::new(metric.clone()));
+            metric
+        };
         let result_relay_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "locality_result_relay_lag_seconds",
@@ -59,22 +58,26 @@ impl SchedulerMetrics {
             ]),
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(result_relay_lag.clone()))
-            .expect("scheduler metric names are unique");
-        let rights_parts_open = IntGaugeVec::new(
-            Opts::new(
-                "locality_rights_parts_open",
-                "Parts of erasures and exports not done, per state (failed_for_good needs an operator)",
-            ),
+        register(Box::new(result_relay_lag.clone()));
+        let rights_parts_open = gauge(
+            "locality_rights_parts_open",
+            "Parts of erasures and exports not done, per state (failed_for_good needs an operator)",
             &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(rights_parts_open.clone()))
-            .expect("scheduler metric names are unique");
+        );
         for state in ["waiting", "sent", "running", "failed", "failed_for_good"] {
             rights_parts_open.with_label_values(&[state]).set(0);
+        }
+        let tenant_jobs_waiting = gauge(
+            "locality_tenant_jobs_waiting",
+            "Jobs accepted and waiting in the control store for room in their region, per region and tenant",
+            &["region", "tenant"],
+        );
+        for (tenant, settings) in &config.tenants {
+            for region in &settings.regions {
+                tenant_jobs_waiting
+                    .with_label_values(&[region.as_str(), tenant.as_str()])
+                    .set(0);
+            }
         }
         Self {
             rights_parts_failed: counter(
@@ -103,9 +106,43 @@ impl SchedulerMetrics {
                 "Requests refused, per reason code",
                 &["code"],
             ),
-            queue_depth,
-            broker_connected,
+            queue_depth: gauge(
+                "locality_queue_depth",
+                "Jobs waiting in a region's queues, per region and priority",
+                &["region", "priority"],
+            ),
+            broker_connected: gauge(
+                "locality_broker_connected",
+                "1 while this scheduler's connection to a broker is up, per link",
+                &["link"],
+            ),
             result_relay_lag,
+            tenant_jobs_submitted: counter(
+                "locality_tenant_jobs_submitted_total",
+                "Jobs accepted, per tenant",
+                &["tenant"],
+            ),
+            tenant_jobs_waiting,
+            tenant_submissions_limited: counter(
+                "locality_tenant_submissions_limited_total",
+                "Submissions refused by the tenant's quota, per tenant and code (rate_limited, quota_exceeded)",
+                &["tenant", "code"],
+            ),
+            webhook_deliveries: counter(
+                "locality_webhook_deliveries_total",
+                "Webhook delivery attempts, per tenant and outcome (delivered, failed)",
+                &["tenant", "outcome"],
+            ),
+            webhook_circuit_open: gauge(
+                "locality_webhook_circuit_open",
+                "1 while a tenant's webhook circuit is open (its endpoint kept failing)",
+                &["tenant"],
+            ),
+            background_restarts: counter(
+                "locality_background_restarts_total",
+                "Background duties of the scheduler started again after they ended unexpectedly",
+                &["duty"],
+            ),
         }
     }
 }

@@ -8,27 +8,29 @@ use locality_proto::{
     ErrorCode, Fit, ImageFormat, JobError, JobMessage, JobOutcome, JobResult, JobStatus, Priority,
     RegionId, StageTimings, TenantId, ENVELOPE_VERSION,
 };
-use locality_scheduler::store::{Inserted, JobFilter, JobStore, Millis, NewJob, Recorded, CLAIM};
+use locality_scheduler::store::{
+    ControlStore, Inserted, JobFilter, Millis, NewJob, Recorded, CLAIM,
+};
 use uuid::Uuid;
 
 /// A store on a fresh SQLite file; the directory lives as long as the store is used.
-async fn sqlite() -> (JobStore, tempfile::TempDir) {
+async fn sqlite() -> (ControlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!(
         "sqlite://{}?mode=rwc",
         dir.path().join("control.sqlite").display()
     );
-    (JobStore::open(&url).await.unwrap(), dir)
+    (ControlStore::open(&url).await.unwrap(), dir)
 }
 
 /// A store on a fresh database of the test PostgreSQL server.
-async fn postgres() -> (JobStore, String) {
+async fn postgres() -> (ControlStore, String) {
     let admin = std::env::var("LOCALITY_TEST_DATABASE_URL").expect(
         "LOCALITY_TEST_DATABASE_URL is not set: these tests need the PostgreSQL server that \
          scripts/test.sh starts; run the suite with scripts/test.sh",
     );
     let url = fresh_database(&admin).await;
-    (JobStore::open(&url).await.unwrap(), url)
+    (ControlStore::open(&url).await.unwrap(), url)
 }
 
 async fn fresh_database(admin: &str) -> String {
@@ -80,6 +82,8 @@ fn new_job(message: &JobMessage, idempotency: Option<(&str, &str)>) -> NewJob {
         subject: Some("user-1".into()),
         asset: "a".into(),
         idempotency: idempotency.map(|(k, h)| (k.to_string(), h.to_string())),
+        message_id: None,
+        dispatch_now: true,
     }
 }
 
@@ -101,14 +105,14 @@ fn succeeded(message: &JobMessage) -> JobResult {
 
 const T0: Millis = 1_800_000_000_000;
 
-async fn insert(store: &JobStore, message: &JobMessage, at: Millis) {
+async fn insert(store: &ControlStore, message: &JobMessage, at: Millis) {
     match store.insert(new_job(message, None), "a", at).await.unwrap() {
         Inserted::New(record) => assert_eq!(record.status, JobStatus::Queued),
         other => panic!("{other:?}"),
     }
 }
 
-async fn a_job_is_recorded_and_only_its_tenant_sees_it(store: JobStore) {
+async fn a_job_is_recorded_and_only_its_tenant_sees_it(store: ControlStore) {
     let job = message("demo-eu", "eu");
     insert(&store, &job, T0).await;
     let record = store.get(&job.tenant, &job.job_id).await.unwrap().unwrap();
@@ -121,7 +125,9 @@ async fn a_job_is_recorded_and_only_its_tenant_sees_it(store: JobStore) {
         .is_none());
 }
 
-async fn an_idempotency_key_returns_the_first_job_or_a_conflict(store: JobStore) -> JobStore {
+async fn an_idempotency_key_returns_the_first_job_or_a_conflict(
+    store: ControlStore,
+) -> ControlStore {
     let first = message("demo-eu", "eu");
     let again = message("demo-eu", "eu");
     let other = message("demo-eu", "eu");
@@ -172,7 +178,7 @@ async fn an_idempotency_key_returns_the_first_job_or_a_conflict(store: JobStore)
     store
 }
 
-async fn each_result_is_relayed_once(store: JobStore) {
+async fn each_result_is_relayed_once(store: ControlStore) {
     let job = message("demo-eu", "eu");
     insert(&store, &job, T0).await;
     store.mark_dispatched(&job.job_id, T0).await.unwrap();
@@ -185,18 +191,43 @@ async fn each_result_is_relayed_once(store: JobStore) {
         store.record_finished(&result, "a", T0 + 2).await.unwrap(),
         Recorded::First
     );
-    // Another scheduler gets the same result (a redelivery) while "a" relays it.
+    // Another scheduler gets the same result (a redelivery) while "a" relays it: it is
+    // recorded, and its relay is "a"'s.
     assert_eq!(
         store.record_finished(&result, "b", T0 + 3).await.unwrap(),
-        Recorded::RelayPending
+        Recorded::Done
     );
-    // "a" died without relaying: after its claim lapses, "b" takes the relay over.
+    assert!(store
+        .claim_unrelayed("b", T0 + 3, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // "a" died before marking it: once its claim lapses, the relay duty claims it, with
+    // the result as recorded.
     let later = T0 + 3 + CLAIM.as_millis() as Millis;
+    let lapsed = store.claim_unrelayed("b", later, 10).await.unwrap();
+    assert_eq!(lapsed.len(), 1);
+    assert_eq!(lapsed[0].result, result);
+    assert!(store
+        .claim_unrelayed("c", later, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The ledger showed it published: marked, and never claimed again.
     assert_eq!(
-        store.record_finished(&result, "b", later).await.unwrap(),
-        Recorded::First
+        store.mark_relayed_many(&[job.job_id], later).await.unwrap(),
+        1
     );
-    store.mark_relayed(&job.job_id, later).await.unwrap();
+    assert_eq!(
+        store.mark_relayed_many(&[job.job_id], later).await.unwrap(),
+        0
+    );
+    let much_later = later + 10 * CLAIM.as_millis() as Millis;
+    assert!(store
+        .claim_unrelayed("c", much_later, 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         store
             .record_finished(&result, "c", later + 1)
@@ -231,15 +262,16 @@ async fn each_result_is_relayed_once(store: JobStore) {
     assert!(record.finished_at.is_some());
 }
 
-async fn jobs_waiting_for_their_region_are_claimed_once(store: JobStore) {
+async fn jobs_waiting_for_their_region_are_claimed_once(store: ControlStore) {
     let waiting = message("demo-eu", "eu");
     let sent = message("demo-eu", "eu");
     insert(&store, &waiting, T0).await;
     insert(&store, &sent, T0).await;
     store.mark_dispatched(&sent.job_id, T0).await.unwrap();
+    let (eu, demo) = (waiting.region.clone(), waiting.tenant.clone());
     // The submitter holds its fresh job while it dispatches it.
     assert!(store
-        .claim_undispatched("b", T0 + 1, 10)
+        .waiting(&eu, &demo, Priority::Batch, T0 + 1, 10)
         .await
         .unwrap()
         .is_empty());
@@ -247,41 +279,143 @@ async fn jobs_waiting_for_their_region_are_claimed_once(store: JobStore) {
         .release_dispatch(&waiting.job_id, T0 + 2)
         .await
         .unwrap();
-    let claimed = store.claim_undispatched("b", T0 + 3, 10).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].message, waiting);
-    // Held by "b" now: "c" gets nothing until the claim lapses.
+    let found = store
+        .waiting(&eu, &demo, Priority::Batch, T0 + 3, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].message, waiting);
     assert!(store
-        .claim_undispatched("c", T0 + 4, 10)
+        .waiting(&eu, &demo, Priority::Interactive, T0 + 3, 10)
         .await
         .unwrap()
         .is_empty());
+    assert!(store.anything_waiting(&eu).await.unwrap());
+    assert!(!store
+        .anything_waiting(&RegionId::new("ca").unwrap())
+        .await
+        .unwrap());
+    // Of two schedulers claiming it, one wins; the other gets it once the claim lapses.
+    assert!(store
+        .claim_for_dispatch(&waiting.job_id, "b", T0 + 3)
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_for_dispatch(&waiting.job_id, "c", T0 + 4)
+        .await
+        .unwrap());
     let lapsed = T0 + 4 + CLAIM.as_millis() as Millis;
+    assert!(store
+        .claim_for_dispatch(&waiting.job_id, "c", lapsed)
+        .await
+        .unwrap());
+    store
+        .mark_dispatched(&waiting.job_id, lapsed)
+        .await
+        .unwrap();
+    assert!(!store
+        .claim_for_dispatch(&waiting.job_id, "d", lapsed * 2)
+        .await
+        .unwrap());
+    assert!(!store.anything_waiting(&eu).await.unwrap());
+}
+
+async fn the_window_counts_what_a_region_has_in_flight(store: ControlStore) {
+    let eu = RegionId::new("eu").unwrap();
+    let (a, b, c) = (
+        message("demo-eu", "eu"),
+        message("demo-eu", "eu"),
+        message("demo-ca", "eu"),
+    );
+    let mut interactive = c.clone();
+    interactive.priority = Priority::Interactive;
+    for job in [&a, &b, &interactive] {
+        insert(&store, job, T0).await;
+        store.mark_dispatched(&job.job_id, T0).await.unwrap();
+    }
+    store.record_started(&a.job_id, T0 + 1).await.unwrap();
+    let in_flight = store.in_flight(&eu, T0 - 1).await.unwrap();
+    assert_eq!((in_flight.total, in_flight.running), (3, 1));
+    assert_eq!(in_flight.by_tenant[&tenant("demo-eu")], (2, 0));
+    assert_eq!(in_flight.by_tenant[&tenant("demo-ca")], (1, 1));
+    // Finished jobs leave the window; so do ones too old to be alive.
+    store
+        .record_finished(&succeeded(&b), "a", T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(store.in_flight(&eu, T0 - 1).await.unwrap().total, 2);
+    assert_eq!(store.in_flight(&eu, T0 + 1).await.unwrap().total, 1);
+    // The queued-jobs quota counts what is unfinished, up to what it asks.
     assert_eq!(
         store
-            .claim_undispatched("c", lapsed, 10)
+            .unfinished_jobs(&tenant("demo-eu"), 100)
             .await
-            .unwrap()
-            .len(),
+            .unwrap(),
         1
+    );
+    assert_eq!(
+        store
+            .unfinished_jobs(&tenant("demo-ca"), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    for _ in 0..3 {
+        insert(&store, &message("demo-sg", "sg"), T0).await;
+    }
+    assert_eq!(
+        store.unfinished_jobs(&tenant("demo-sg"), 2).await.unwrap(),
+        2
     );
 }
 
-async fn a_job_past_its_dispatch_deadline_fails_once(store: JobStore) {
-    let job = message("demo-eu", "eu");
-    insert(&store, &job, T0).await;
-    store.release_dispatch(&job.job_id, T0).await.unwrap();
-    let deadline = Duration::from_secs(60);
-    assert!(store
-        .fail_undispatched(deadline, "a", T0 + 59_000)
+async fn an_amqp_message_is_taken_once(store: ControlStore) {
+    let first = message("demo-eu", "eu");
+    let redelivered = message("demo-eu", "eu");
+    let with_id = |job: &JobMessage, id: &str| NewJob {
+        message_id: Some(id.to_string()),
+        ..new_job(job, None)
+    };
+    assert!(matches!(
+        store.insert(with_id(&first, "m-1"), "a", T0).await.unwrap(),
+        Inserted::New(_)
+    ));
+    match store
+        .insert(with_id(&redelivered, "m-1"), "b", T0 + 1)
         .await
         .unwrap()
-        .is_empty());
+    {
+        Inserted::Existing(record) => assert_eq!(record.job_id, first.job_id),
+        other => panic!("a redelivered message must be the same job, got {other:?}"),
+    }
+    // Another tenant's message id is its own.
+    let other = message("demo-ca", "ca");
+    assert!(matches!(
+        store.insert(with_id(&other, "m-1"), "a", T0).await.unwrap(),
+        Inserted::New(_)
+    ));
+    assert!(store
+        .get(&redelivered.tenant, &redelivered.job_id)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn a_job_past_its_dispatch_deadline_fails_once(store: ControlStore) {
+    let job = message("demo-eu", "eu");
+    let newer = message("demo-eu", "eu");
+    insert(&store, &job, T0).await;
+    insert(&store, &newer, T0 + 30_000).await;
+    store.release_dispatch(&job.job_id, T0).await.unwrap();
+    store.release_dispatch(&newer.job_id, T0).await.unwrap();
+    let eu = job.region.clone();
+    // The region was unreachable for 60 s: jobs that waited that long fail, once.
     let failed = store
-        .fail_undispatched(deadline, "a", T0 + 61_000)
+        .fail_waiting(&eu, T0 + 1, 60, "a", T0 + 61_000, 100)
         .await
         .unwrap();
     assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].job_id, job.job_id);
     assert_eq!(
         failed[0].error,
         Some(JobError {
@@ -290,15 +424,21 @@ async fn a_job_past_its_dispatch_deadline_fails_once(store: JobStore) {
         })
     );
     assert!(store
-        .fail_undispatched(deadline, "b", T0 + 62_000)
+        .fail_waiting(&eu, T0 + 1, 60, "b", T0 + 62_000, 100)
         .await
         .unwrap()
         .is_empty());
     let record = store.get(&job.tenant, &job.job_id).await.unwrap().unwrap();
     assert_eq!(record.status, JobStatus::Failed);
+    let record = store
+        .get(&newer.tenant, &newer.job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, JobStatus::Queued);
 }
 
-async fn unfinished_jobs_can_be_queued_again(store: JobStore) {
+async fn unfinished_jobs_can_be_queued_again(store: ControlStore) {
     let running = message("demo-eu", "eu");
     let done = message("demo-eu", "eu");
     for job in [&running, &done] {
@@ -311,12 +451,21 @@ async fn unfinished_jobs_can_be_queued_again(store: JobStore) {
         .await
         .unwrap();
     assert_eq!(store.requeue_unfinished(T0 + 1).await.unwrap(), 1);
-    let claimed = store.claim_undispatched("a", T0 + 2, 10).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    assert_eq!(claimed[0].message.job_id, running.job_id);
+    let waiting = store
+        .waiting(
+            &running.region,
+            &running.tenant,
+            Priority::Batch,
+            T0 + 2,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].message.job_id, running.job_id);
 }
 
-async fn a_tenants_jobs_are_listed_a_page_at_a_time(store: JobStore) {
+async fn a_tenants_jobs_are_listed_a_page_at_a_time(store: ControlStore) {
     let mut ids = Vec::new();
     for n in 0..5 {
         let job = message("demo-sg", "sg");
@@ -380,7 +529,7 @@ fn message_with(job_id: Uuid) -> JobMessage {
     }
 }
 
-async fn expired_records_are_swept_by_one_scheduler_at_a_time(store: JobStore) {
+async fn expired_records_are_swept_by_one_scheduler_at_a_time(store: ControlStore) {
     let old = message("demo-eu", "eu");
     let recent = message("demo-eu", "eu");
     let day: Millis = 86_400_000;
@@ -422,7 +571,7 @@ async fn expired_records_are_swept_by_one_scheduler_at_a_time(store: JobStore) {
     ));
 }
 
-async fn an_ip_period_key_is_shared_within_its_period_and_gone_after_it(store: JobStore) {
+async fn an_ip_period_key_is_shared_within_its_period_and_gone_after_it(store: ControlStore) {
     let first = store.ip_period_key(100, 1).await.unwrap();
     assert_eq!(first.len(), 32);
     assert_eq!(
@@ -465,6 +614,8 @@ on_both_backends!(
     a_job_is_recorded_and_only_its_tenant_sees_it,
     each_result_is_relayed_once,
     jobs_waiting_for_their_region_are_claimed_once,
+    the_window_counts_what_a_region_has_in_flight,
+    an_amqp_message_is_taken_once,
     a_job_past_its_dispatch_deadline_fails_once,
     unfinished_jobs_can_be_queued_again,
     a_tenants_jobs_are_listed_a_page_at_a_time,
@@ -482,7 +633,7 @@ async fn idempotency_keys_hold_across_a_reopen_on_sqlite() {
         "sqlite://{}?mode=rwc",
         dir.path().join("control.sqlite").display()
     );
-    let reopened = JobStore::open(&url).await.unwrap();
+    let reopened = ControlStore::open(&url).await.unwrap();
     let again = message("demo-eu", "eu");
     assert!(matches!(
         reopened
@@ -498,7 +649,7 @@ async fn idempotency_keys_hold_across_a_reopen_on_postgres() {
     let (store, url) = postgres().await;
     let store = an_idempotency_key_returns_the_first_job_or_a_conflict(store).await;
     drop(store);
-    let reopened = JobStore::open(&url).await.unwrap();
+    let reopened = ControlStore::open(&url).await.unwrap();
     let again = message("demo-eu", "eu");
     assert!(matches!(
         reopened

@@ -1,41 +1,35 @@
-//! The scheduler's HTTP door: uploads of originals, job submission and status,
-//! data subjects' rights ([`rights`]), health and metrics. Everything it decides is
-//! the control core's.
+//! The scheduler's HTTP door: jobs ([`jobs`]), data subjects' rights ([`rights`]),
+//! and health and metrics ([`admin`], also served apart on `--admin-listen` so that
+//! probes and scrapes are never queued behind clients). Everything it decides is the
+//! control core's.
 
+mod admin;
+mod jobs;
 mod rights;
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
-use locality_http::{
-    authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
-    ApiError, ApiQuery, SourceQuery,
-};
-use locality_proto::{ErrorCode, StageTimings};
-use serde_json::json;
-use uuid::Uuid;
+use axum::Router;
+use locality_http::ApiError;
 
-use crate::control::{Control, SubmitError, Submitted};
-use crate::regions::UploadRoute;
-use crate::store::{JobFilter, JobRecord, StoreError};
+use crate::control::Control;
+
+pub use admin::admin_router;
 
 #[derive(Clone)]
-struct HttpState {
+pub(crate) struct HttpState {
     control: Arc<Control>,
     registry: prometheus::Registry,
 }
 
-/// The scheduler's API. `registry` is the process's: `/metrics` renders all of it.
+/// The scheduler's API, with health and metrics. `registry` is the process's:
+/// `/metrics` renders all of it.
 pub fn router(control: Arc<Control>, registry: prometheus::Registry) -> Router {
     Router::new()
-        .route("/v1/sources/{*key}", put(put_source))
-        .route("/v1/jobs", post(submit_job).get(list_jobs))
-        .route("/v1/jobs/{id}", get(job_status))
+        .route("/v1/sources/{*key}", put(jobs::put_source))
+        .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::job_status))
         .route("/v1/subjects/{subject}", delete(rights::erase_subject))
         .route(
             "/v1/subjects/{subject}/exports",
@@ -47,270 +41,15 @@ pub fn router(control: Arc<Control>, registry: prometheus::Registry) -> Router {
         .route("/v1/erasures/{id}", get(rights::erasure_status))
         .route("/v1/exports/{export_id}", get(rights::export_status))
         .route("/v1/webhooks/deliveries", get(rights::webhook_deliveries))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(HttpState { control, registry })
-}
-
-impl From<SubmitError> for ApiError {
-    fn from(err: SubmitError) -> Self {
-        ApiError::new(err.code(), err.to_string())
-    }
+        .with_state(HttpState {
+            control: control.clone(),
+            registry: registry.clone(),
+        })
+        .merge(admin_router(control, registry))
 }
 
 /// Counts a refusal made at this door (the control core counts its own).
 fn refused(control: &Control, error: ApiError) -> ApiError {
     control.count_refusal(error.code);
     error
-}
-
-/// `PUT /v1/sources/{key}`: stores an original in the tenant's region, or, in the
-/// distributed mode, answers 307 with the region's ingest endpoint.
-async fn put_source(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-    ApiQuery(query): ApiQuery<SourceQuery>,
-    RawQuery(raw_query): RawQuery,
-    body: Body,
-) -> Response {
-    match place_source(&state, &headers, &key, &query, raw_query, body).await {
-        Ok(response) => response,
-        Err(error) => closing(error.into_response()),
-    }
-}
-
-async fn place_source(
-    state: &HttpState,
-    headers: &HeaderMap,
-    key: &str,
-    query: &SourceQuery,
-    raw_query: Option<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let control = &state.control;
-    // Everything is decided from the request head: with `Expect: 100-continue` the client
-    // has sent no byte of the body yet, and is never asked for one here unless this
-    // process stores it itself.
-    let tenant = authenticate(control.config(), headers).map_err(|e| refused(control, e))?;
-    let (region, location) = upload_location(control.config(), &tenant, key, query)
-        .map_err(|refusal| refused(control, refusal.into()))?;
-    let store = match control.uploads(&region) {
-        Some(UploadRoute::Store(store)) => store.clone(),
-        Some(UploadRoute::Redirect { ingest_url }) => {
-            let mut location = format!("{}/v1/sources/{key}", ingest_url.trim_end_matches('/'));
-            if let Some(raw_query) = raw_query {
-                location = format!("{location}?{raw_query}");
-            }
-            let redirect = (
-                StatusCode::TEMPORARY_REDIRECT,
-                [(header::LOCATION, location)],
-            );
-            return Ok(closing(redirect.into_response()));
-        }
-        Some(UploadRoute::InRegionOnly) | None => {
-            return Err(ApiError::new(
-                ErrorCode::UploadInRegion,
-                format!("originals for region {region} are written into the region's store by the upload pipeline; no ingest endpoint is configured (regions.{region}.ingest_url)"),
-            ))
-        }
-    };
-    let object_key = location.original(key);
-    let limit = control.config().max_upload_bytes(&tenant);
-    let written = store
-        .put_original(&object_key, declared_length(headers), limit, body)
-        .await
-        .map_err(|error| refused(control, error))?;
-    Ok(upload_created(
-        key,
-        &region,
-        &object_key,
-        &location,
-        written as usize,
-    ))
-}
-
-/// `POST /v1/jobs`: validates, routes and enqueues a job; 202 with its id and region
-/// (200 with the first job when its idempotency key was used before).
-async fn submit_job(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let control = &state.control;
-    let tenant = authenticate(control.config(), &headers).map_err(|e| refused(control, e))?;
-    match control.submit(&tenant, &body, None).await {
-        Ok(Submitted { record, new }) => {
-            let status = if new {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            let body = json!({ "job_id": record.job_id, "region": record.region, "status": record.status });
-            Ok((status, Json(body)))
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
-fn unavailable(err: StoreError) -> ApiError {
-    ApiError::new(ErrorCode::ServiceUnavailable, err.to_string())
-}
-
-/// `GET /v1/jobs/{id}`: status, outputs, error and timings of the tenant's own job;
-/// once it finished, its stage timings in `Server-Timing` too (browsers' dev tools
-/// show them next to the request).
-async fn job_status(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let control = &state.control;
-    let tenant = authenticate(control.config(), &headers)?;
-    let not_found = || ApiError::new(ErrorCode::JobNotFound, format!("no job {id}"));
-    let job_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    // Another tenant's job is reported as absent, not as forbidden: ids are not leaked.
-    let record = control
-        .job(&tenant, &job_id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(not_found)?;
-    let timing = record
-        .finished_at
-        .is_some()
-        .then(|| server_timing(&record.timings));
-    let mut response = Json(record).into_response();
-    if let Some(value) = timing.and_then(|t| HeaderValue::from_str(&t).ok()) {
-        response.headers_mut().insert("server-timing", value);
-    }
-    Ok(response)
-}
-
-/// `fetch;dur=1.2, decode;dur=4.1, ...`: milliseconds, as Server-Timing has them.
-fn server_timing(timings: &StageTimings) -> String {
-    [
-        ("fetch", timings.fetch_ms),
-        ("decode", timings.decode_ms),
-        ("resize", timings.resize_ms),
-        ("encode", timings.encode_ms),
-        ("store", timings.store_ms),
-        ("total", timings.total_ms),
-    ]
-    .iter()
-    .map(|(stage, ms)| format!("{stage};dur={ms:.3}"))
-    .collect::<Vec<_>>()
-    .join(", ")
-}
-
-/// The query of `GET /v1/jobs`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    status: Option<String>,
-    since: Option<String>,
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
-const MAX_PAGE: u32 = 1000;
-const DEFAULT_PAGE: u32 = 100;
-
-fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidField,
-        format!("{field}: {}", reason.into()),
-    )
-}
-
-impl ListQuery {
-    fn filter(&self) -> Result<JobFilter, ApiError> {
-        let status = self
-            .status
-            .as_deref()
-            .map(|status| {
-                serde_json::from_value(serde_json::Value::String(status.to_string())).map_err(
-                    |_| {
-                        invalid(
-                            "status",
-                            "must be queued, running, succeeded, failed or refused",
-                        )
-                    },
-                )
-            })
-            .transpose()?;
-        let since = self
-            .since
-            .as_deref()
-            .map(|since| {
-                locality_proto::time::parse_rfc3339(since)
-                    .map_err(|e| invalid("since", format!("must be an RFC 3339 time: {e}")))
-            })
-            .transpose()?;
-        let after = self.cursor.as_deref().map(decode_cursor).transpose()?;
-        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(invalid("limit", format!("must be 1 to {MAX_PAGE}")));
-        }
-        Ok(JobFilter {
-            status,
-            since,
-            after,
-            limit,
-        })
-    }
-}
-
-fn encode_cursor(record: &JobRecord) -> String {
-    use base64::Engine;
-    let text = format!("{}/{}", record.created_at_millis, record.job_id);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
-}
-
-fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
-    use base64::Engine;
-    let bad = || invalid("cursor", "is not a cursor this API returned");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (at, id) = text.split_once('/').ok_or_else(bad)?;
-    Ok((
-        at.parse().map_err(|_| bad())?,
-        Uuid::parse_str(id).map_err(|_| bad())?,
-    ))
-}
-
-/// `GET /v1/jobs?status=&since=&limit=&cursor=`: the tenant's own jobs, oldest first;
-/// `next_cursor` fetches the page after this one.
-async fn list_jobs(
-    State(state): State<HttpState>,
-    headers: HeaderMap,
-    ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let control = &state.control;
-    let tenant = authenticate(control.config(), &headers)?;
-    let filter = query.filter()?;
-    let jobs = control.jobs(&tenant, &filter).await.map_err(unavailable)?;
-    let next_cursor = (jobs.len() == filter.limit as usize)
-        .then(|| jobs.last().map(encode_cursor))
-        .flatten();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
-}
-
-async fn readyz(State(state): State<HttpState>) -> Response {
-    let readiness = state.control.readiness().await;
-    let ready = readiness.ready();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({ "ready": ready, "regions": readiness.regions, "links": readiness.links });
-    (status, Json(body)).into_response()
-}
-
-async fn metrics(State(state): State<HttpState>) -> Response {
-    state.control.refresh_gauges();
-    metrics_response(&state.registry)
 }

@@ -13,7 +13,8 @@ use locality_proto::{ErrorCode, TenantId};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{refused, unavailable, HttpState};
+use super::jobs::unavailable;
+use super::{refused, HttpState};
 use crate::rights::{ErasureView, ExportView, RightsError};
 
 impl From<RightsError> for ApiError {
@@ -191,10 +192,15 @@ pub(super) async fn export_subject(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(subject): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers).map_err(|e| refused(control, e))?;
+    let limits = &control.config().limits;
+    let deadline = std::time::Duration::from_secs(limits.http_body_timeout_seconds);
+    let body = locality_http::read_body(body, limits.max_submission_bytes, deadline)
+        .await
+        .map_err(|e| refused(control, e))?;
     let options: ExportBody = if body.iter().all(u8::is_ascii_whitespace) {
         ExportBody::default()
     } else {

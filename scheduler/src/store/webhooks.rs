@@ -2,12 +2,14 @@
 //! tenant's webhook, with their delivery state, kept until delivered and then for
 //! `jobs.retention_days`.
 
+use std::time::Duration;
+
 use locality_proto::TenantId;
 use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{from_text, millis, JobStore, Millis, StoreError};
+use super::{from_text, millis, ControlStore, Millis, StoreError};
 
 /// A delivery as `GET /v1/webhooks/deliveries` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -34,10 +36,7 @@ pub struct DueDelivery {
     pub redact_on_delivery: bool,
 }
 
-/// How long a scheduler holds a delivery it is attempting.
-const ATTEMPT_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl JobStore {
+impl ControlStore {
     /// Queues a delivery. Its id is a digest of what it says, so the same event relayed
     /// twice (a redelivered report) is delivered once. A delivery that names erased keys
     /// (`redact_on_delivery`) keeps its body only until it is delivered.
@@ -69,19 +68,41 @@ impl JobStore {
         Ok(id)
     }
 
-    /// Claims deliveries that are due, oldest first.
-    pub async fn claim_due_webhooks(
+    /// Tenants with deliveries due now that nobody is attempting.
+    pub async fn tenants_with_due_webhooks(
         &self,
         now: Millis,
-        limit: u32,
-    ) -> Result<Vec<DueDelivery>, StoreError> {
-        let candidates = sqlx::query(
-            "SELECT delivery_id FROM webhook_deliveries WHERE delivered_at IS NULL \
-             AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) \
-             ORDER BY next_attempt_at LIMIT $2",
+    ) -> Result<Vec<TenantId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT tenant FROM webhook_deliveries WHERE delivered_at IS NULL \
+             AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1)",
         )
         .bind(now)
-        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| from_text("tenant", row.try_get("tenant")?))
+            .collect()
+    }
+
+    /// Claims up to `limit` of `tenant`'s deliveries that are due, oldest first, for
+    /// `claim`: longer than an attempt can take, so no other scheduler attempts one
+    /// while this one does.
+    pub async fn claim_due_webhooks(
+        &self,
+        tenant: &TenantId,
+        now: Millis,
+        limit: usize,
+        claim: Duration,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let candidates = sqlx::query(
+            "SELECT delivery_id FROM webhook_deliveries WHERE tenant = $1 AND delivered_at IS NULL \
+             AND next_attempt_at <= $2 AND (claimed_until IS NULL OR claimed_until < $2) \
+             ORDER BY next_attempt_at LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         let mut due = Vec::new();
@@ -93,7 +114,7 @@ impl JobStore {
                  RETURNING tenant, body, attempts, redact_on_delivery",
             )
             .bind(id.as_str())
-            .bind(now + millis(ATTEMPT_CLAIM))
+            .bind(now + millis(claim))
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
