@@ -74,7 +74,20 @@ def loads_with_secrets(test, documents, config_map):
     return tomllib.loads(result.stdout)
 
 
-class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase):
+class ProbesApart:
+    def assert_probes_on_the_admin_listener(self, container, template):
+        """Probes and scrapes reach --admin-listen, not the port clients can flood."""
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        self.assertIn("admin", ports)
+        self.assertNotEqual(ports["admin"], ports["http"])
+        self.assertIn(f"--admin-listen=0.0.0.0:{ports['admin']}", container["args"])
+        for probe in ("readinessProbe", "livenessProbe"):
+            self.assertEqual(container[probe]["httpGet"]["port"], "admin", probe)
+        annotations = template["metadata"]["annotations"]
+        self.assertEqual(annotations["prometheus.io/port"], str(ports["admin"]))
+
+
+class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase, ProbesApart):
     def test_nodes_queues_secret_and_store_are_its_regions_only(self):
         for region, nodes in REGIONS.items():
             with self.subTest(region=region):
@@ -123,6 +136,8 @@ class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase):
                                    JOB_TIMEOUT_SECONDS)
                 self.assertTrue(spec["securityContext"]["runAsNonRoot"])
                 container = spec["containers"][0]
+                self.assert_probes_on_the_admin_listener(
+                    container, one(documents, "Deployment")["spec"]["template"])
                 self.assertTrue(container["securityContext"]["readOnlyRootFilesystem"])
                 self.assertFalse(container["securityContext"]["allowPrivilegeEscalation"])
                 limit = mebibytes(container["resources"]["limits"]["memory"])
@@ -134,7 +149,7 @@ class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase):
                 self.assertEqual(len(policy["egress"]), 3, "DNS, the broker, the store")
 
 
-class TheControlPlane(unittest.TestCase):
+class TheControlPlane(unittest.TestCase, ProbesApart):
     def test_two_schedulers_with_probes_and_every_regions_public_key(self):
         _, documents = render("control-plane")
         deployment = one(documents, "Deployment")["spec"]
@@ -142,6 +157,7 @@ class TheControlPlane(unittest.TestCase):
         container = deployment["template"]["spec"]["containers"][0]
         self.assertEqual(container["readinessProbe"]["httpGet"]["path"], "/readyz")
         self.assertEqual(container["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assert_probes_on_the_admin_listener(container, deployment["template"])
         config = loads_with_secrets(self, documents, "control-plane")
         self.assertEqual(set(config["regions"]), set(REGIONS))
         for region, settings in config["regions"].items():

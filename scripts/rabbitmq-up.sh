@@ -28,7 +28,9 @@ export RABBITMQ_PID_FILE="$base/rabbitmq.pid"
 export RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins"
 export RABBITMQ_CONFIG_FILE="$base/rabbitmq"
 echo "[]." > "$RABBITMQ_ENABLED_PLUGINS_FILE"
-printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\n' "$port" > "$RABBITMQ_CONFIG_FILE.conf"
+# max_message_size is limits.broker_max_message_bytes' default: the scheduler sizes its
+# read-ahead by it.
+printf 'listeners.tcp.default = 127.0.0.1:%s\nloopback_users = none\nmax_message_size = 33554432\n' "$port" > "$RABBITMQ_CONFIG_FILE.conf"
 # Keep the node's environment for rabbitmqctl calls by tests and by services-down.sh.
 env | grep '^RABBITMQ_' | sed 's/^/export /' > "$base/env.sh"
 # Debian's /usr/sbin wrappers switch to the rabbitmq user; run the real scripts as

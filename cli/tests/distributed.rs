@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{headers, publish_raw, signed, Broker, BROKER_LOCK};
+use common::broker::{headers, job_route, publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::deployment::Deployment;
 use common::results::{all_reported, Seen};
@@ -313,13 +313,15 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
     };
 
     // 1. Not JSON (signed with eu's key, so it is its content that is refused).
-    let sign = |body: &[u8], properties| signed(&cluster.config, "eu", "demo-eu", body, properties);
+    let sign = |route, body: &[u8], properties| {
+        signed(&cluster.config, "eu", route, "demo-eu", body, properties)
+    };
     publish_raw(
         &broker.url("eu"),
         JOBS_EXCHANGE,
         "interactive",
         b"{not json",
-        sign(b"{not json", json_with(1)),
+        sign(job_route("interactive"), b"{not json", json_with(1)),
     )
     .await;
     // 2. A schema version this worker does not know.
@@ -329,7 +331,7 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
         JOBS_EXCHANGE,
         "batch",
         body.as_bytes(),
-        sign(body.as_bytes(), json_with(2)),
+        sign(job_route("batch"), body.as_bytes(), json_with(2)),
     )
     .await;
     // Both are dead-lettered by the worker; its failed reports name no job the
@@ -476,8 +478,9 @@ async fn poison_messages_end_in_the_dead_letter_queue_with_a_failed_result() {
     );
 }
 
-/// Submissions the scheduler handles at once (scheduler/src/amqp.rs, CONCURRENT_DELIVERIES).
-const INTAKE_CONCURRENCY: usize = 32;
+/// Jobs the scheduler keeps sent to a region and not finished, at the least
+/// (`regions.ID.dispatch_window`); the rest wait in the control store.
+const DISPATCH_WINDOW: usize = 16;
 /// The cluster's worker flags: `--jobs 4` slots, which is also each queue's prefetch.
 const WORKER_SLOTS: usize = 4;
 
@@ -564,11 +567,11 @@ async fn interactive_jobs_overtake_a_batch_backlog_at_the_submit_door_and_in_the
             .all(|s| s.result.outcome == JobOutcome::Succeeded),
         "{published:#?}"
     );
-    // Batch jobs that can finish before the last interactive one: those whose
-    // submissions the scheduler was already handling when the interactive ones reached
-    // it (it takes interactive submissions first from what it has read ahead), plus
-    // what the worker was running and had prefetched when they reached its queue.
-    let bound = INTAKE_CONCURRENCY + 2 * WORKER_SLOTS;
+    // Batch jobs that can finish before the last interactive one: those already in
+    // the region's window when the interactive ones were recorded (the rest of the
+    // backlog waits in the control store, where a tenant's interactive jobs go first),
+    // and what the worker was running and had prefetched.
+    let bound = DISPATCH_WINDOW + 2 * WORKER_SLOTS;
     eprintln!("the interactive jobs were all done after {batch_done} of {BATCH} batch jobs (bound {bound})");
     assert!(
         batch_done <= bound,
@@ -864,6 +867,7 @@ async fn a_worker_refuses_jobs_for_other_regions_tenants_or_outside_their_asset(
         let properties = signed(
             &cluster.config,
             "eu",
+            job_route("interactive"),
             "",
             body.as_bytes(),
             properties.clone(),

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{publish_raw, signed, Broker, BROKER_LOCK};
+use common::broker::{publish_raw, request_route, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::config::region;
 use common::deployment::Deployment;
@@ -124,7 +124,14 @@ async fn an_erase_request_replayed_after_new_uploads_deletes_none_of_them_and_a_
     let replay = || async {
         let properties = with_text_header(json_properties(1), TENANT_HEADER, TENANT)
             .with_message_id(erasure.as_str().into());
-        let properties = signed(&cluster.config, "eu", TENANT, &captured, properties);
+        let properties = signed(
+            &cluster.config,
+            "eu",
+            request_route(),
+            TENANT,
+            &captured,
+            properties,
+        );
         publish_raw(
             &eu_broker,
             JOBS_EXCHANGE,

@@ -163,3 +163,28 @@ async fn a_job_past_its_deadline_fails_with_job_timeout_and_the_worker_keeps_ser
         .collect();
     assert!(outputs.is_empty(), "{outputs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progressive_jpeg_with_thousands_of_scans_fails_with_image_too_large_and_the_next_job_runs(
+) {
+    let embedded = Embedded::start();
+    let tenant = "demo-eu";
+    let bomb = sources::scan_bomb(1024, 5000);
+    let started = std::time::Instant::now();
+    let record = failed_with(&embedded, tenant, "bomb.jpg", bomb, thumb()).await;
+    println!(
+        "the scan bomb's job ended in {:?}: {record}",
+        started.elapsed()
+    );
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["code"], "image_too_large", "{record}");
+    assert!(
+        record["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scans"),
+        "{record}"
+    );
+    let next = failed_with(&embedded, tenant, "after-bomb.jpg", small_photo(), thumb()).await;
+    assert_eq!(next["status"], "succeeded", "{next}");
+}

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{publish_raw, signed, Broker, BROKER_LOCK};
+use common::broker::{job_route, publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::config::region;
 use common::database::stored_message;
@@ -126,7 +126,14 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
     let message = stored_message(&database, &replayed).await;
     let properties = with_text_header(json_properties(1), TENANT_HEADER, TENANT)
         .with_message_id(replayed.as_str().into());
-    let properties = signed(&cluster.config, "ca", TENANT, &message, properties);
+    let properties = signed(
+        &cluster.config,
+        "ca",
+        job_route("batch"),
+        TENANT,
+        &message,
+        properties,
+    );
     let ca_broker = cluster.config.regions[&region("ca")]
         .amqp_url
         .clone()

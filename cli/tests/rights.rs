@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{publish_raw, signed, Broker, BROKER_LOCK};
+use common::broker::{job_route, publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::database::stored_message;
 use common::deployment::Deployment;
@@ -53,7 +53,14 @@ async fn erasing_a_subject_over_rabbitmq_and_s3_leaves_nothing_blocks_replays_an
     let properties = with_text_header(json_properties(1), TENANT_HEADER, TENANT)
         .with_message_id(replayed_job.as_str().into());
     // Signed as the scheduler signed it: a replay of a genuine message.
-    let properties = signed(&cluster.config, "eu", TENANT, &captured, properties);
+    let properties = signed(
+        &cluster.config,
+        "eu",
+        job_route("batch"),
+        TENANT,
+        &captured,
+        properties,
+    );
     publish_raw(&eu_broker, JOBS_EXCHANGE, "batch", &captured, properties).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cluster.logs().lines().any(|line| {

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::broker::{headers, publish_raw, signed, Broker, BROKER_LOCK};
+use common::broker::{headers, job_route, publish_raw, signed, Broker, BROKER_LOCK};
 use common::cluster::{Cluster, ClusterSpec};
 use common::deployment::Deployment;
 use common::{envelope, metric_sum, small_photo, thumb};
@@ -78,7 +78,14 @@ async fn unsigned_tampered_or_foreign_signed_job_messages_write_nothing_and_a_fo
     let mut changed = tampered.clone();
     let at = changed.iter().position(|b| *b == b'6').unwrap();
     changed[at] = b'7';
-    let genuine = signed(&cluster.config, "eu", "demo-eu", &tampered, properties());
+    let genuine = signed(
+        &cluster.config,
+        "eu",
+        job_route("interactive"),
+        "demo-eu",
+        &tampered,
+        properties(),
+    );
     publish_raw(&eu, JOBS_EXCHANGE, "interactive", &changed, genuine).await;
     let foreign = job_message("signed/0.jpg", "foreign");
     let mut other = cluster.config.clone();
@@ -88,7 +95,14 @@ async fn unsigned_tampered_or_foreign_signed_job_messages_write_nothing_and_a_fo
         .unwrap();
     let id = eu_config.message_key_id.clone().unwrap();
     eu_config.message_keys.insert(id, "ab".repeat(32));
-    let forged = signed(&other, "eu", "demo-eu", &foreign, properties());
+    let forged = signed(
+        &other,
+        "eu",
+        job_route("interactive"),
+        "demo-eu",
+        &foreign,
+        properties(),
+    );
     publish_raw(&eu, JOBS_EXCHANGE, "interactive", &foreign, forged).await;
     wait_for("three refusals by the worker", async || {
         let metrics = cluster.worker_metrics("eu").await;
@@ -101,7 +115,14 @@ async fn unsigned_tampered_or_foreign_signed_job_messages_write_nothing_and_a_fo
     .await;
     // The same message, signed with eu's key, is processed: it was only the signature.
     let good = job_message("signed/0.jpg", "good");
-    let properties_good = signed(&cluster.config, "eu", "demo-eu", &good, properties());
+    let properties_good = signed(
+        &cluster.config,
+        "eu",
+        job_route("interactive"),
+        "demo-eu",
+        &good,
+        properties(),
+    );
     publish_raw(&eu, JOBS_EXCHANGE, "interactive", &good, properties_good).await;
     wait_for("the signed message's output", async || {
         cluster
@@ -192,4 +213,112 @@ async fn unsigned_tampered_or_foreign_signed_job_messages_write_nothing_and_a_fo
     let status = cluster.status("demo-eu", &job_id).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(cluster.reports_per_job(&ids)[&job_id], 1);
+}
+
+/// With a region's broker credentials, the worst one can do with an unsigned message
+/// is name a real job: the worker must not answer for that job (a signed failure of it
+/// would be relayed as its result and the real one dropped). A genuine message replayed
+/// onto another queue, or as another attempt, is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsigned_message_naming_a_real_queued_job_yields_no_result_and_the_real_one_is_relayed_once(
+) {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    // The original goes in through eu's ingest; then no worker: the real job waits in
+    // eu's batch queue.
+    let mut cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    cluster
+        .upload_with("demo-eu", "launder/0.jpg", "", small_photo())
+        .await;
+    cluster.stop_worker("eu");
+    let job_id = cluster
+        .submit_retrying(
+            "demo-eu",
+            &envelope("demo-eu", "launder/0.jpg", "batch", thumb()),
+        )
+        .await;
+    let database = cluster.config.scheduler.database_url.clone().unwrap();
+    let genuine = common::database::stored_message(&database, &job_id).await;
+    let eu = broker.url("eu");
+    let naming = |properties: BasicProperties| properties.with_message_id(job_id.as_str().into());
+    // Ahead of it, on the interactive queue (which the worker takes first): the job's
+    // own message unsigned, signed for the batch queue, and signed as a later attempt.
+    publish_raw(
+        &eu,
+        JOBS_EXCHANGE,
+        "interactive",
+        &genuine,
+        naming(properties()),
+    )
+    .await;
+    let for_batch = signed(
+        &cluster.config,
+        "eu",
+        job_route("batch"),
+        "demo-eu",
+        &genuine,
+        properties(),
+    );
+    publish_raw(
+        &eu,
+        JOBS_EXCHANGE,
+        "interactive",
+        &genuine,
+        naming(for_batch),
+    )
+    .await;
+    let first_attempt = signed(
+        &cluster.config,
+        "eu",
+        job_route("interactive"),
+        "demo-eu",
+        &genuine,
+        properties(),
+    );
+    let as_retry = first_attempt.clone().with_headers({
+        let mut headers = first_attempt.headers().clone().unwrap_or_default();
+        headers.insert(
+            locality_proto::topology::ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(3),
+        );
+        headers
+    });
+    publish_raw(
+        &eu,
+        JOBS_EXCHANGE,
+        "interactive",
+        &genuine,
+        naming(as_retry),
+    )
+    .await;
+    cluster.start_worker("eu").await;
+    let ids = BTreeSet::from([job_id.clone()]);
+    cluster
+        .results
+        .wait_until("the real result", Duration::from_secs(60), |seen| {
+            common::results::all_reported(seen, &ids)
+        })
+        .await;
+    // Settle: any answer to the laundered copies would have come by now.
+    wait_for("the worker's three refusals", async || {
+        let metrics = cluster.worker_metrics("eu").await;
+        metric_sum(
+            &metrics,
+            "locality_worker_dead_lettered_total",
+            &[("code", "bad_signature")],
+        ) >= 3.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = cluster.status("demo-eu", &job_id).await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(cluster.reports_per_job(&ids)[&job_id], 1, "relayed once");
+    let published = cluster.results.published();
+    let result = published
+        .iter()
+        .find(|s| s.result.job_id.to_string() == job_id)
+        .unwrap();
+    assert_eq!(result.result.outcome, JobOutcome::Succeeded);
+    let _ = &mut cluster;
 }

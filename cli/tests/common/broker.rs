@@ -69,6 +69,24 @@ impl Broker {
         )
     }
 
+    /// Creates (or updates) the broker user of `tenant`'s upload pipeline, with password
+    /// `pipeline-TENANT`, as an operator does with scripts/rabbitmq-tenant-user.sh.
+    pub fn tenant_user(&self, tenant: &str) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/rabbitmq-tenant-user.sh"
+        );
+        let status = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". '{}' && '{script}' '{tenant}' 'pipeline-{tenant}' scheduler rabbitmqctl -n \"$RABBITMQ_NODENAME\"",
+                self.env_file
+            ))
+            .status()
+            .expect("bash runs");
+        assert!(status.success(), "rabbitmq-tenant-user.sh {tenant} failed");
+    }
+
     /// Runs rabbitmqctl against the test node.
     pub fn ctl(&self, args: &str) {
         let status = Command::new("bash")
@@ -93,6 +111,7 @@ impl Broker {
                 queues.extend([
                     SUBMIT_QUEUE.to_string(),
                     SUBMIT_DEAD_LETTER_QUEUE.to_string(),
+                    locality_proto::topology::RESULTS_LEDGER_QUEUE.to_string(),
                 ]);
             } else {
                 let region = RegionId::new(vhost).unwrap();
@@ -164,6 +183,24 @@ pub async fn publish_raw(
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// Publishes a submission to `locality.submit` as `tenant`'s pipeline (connected
+/// with `url`) does: JSON, persistent, its user id and this message id.
+pub async fn publish_submission(url: &str, tenant: &str, message_id: &str, body: &[u8]) {
+    let properties = BasicProperties::default()
+        .with_content_type(locality_proto::topology::CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_message_id(message_id.into())
+        .with_user_id(tenant.into());
+    publish_raw(
+        url,
+        locality_proto::topology::SUBMIT_EXCHANGE,
+        tenant,
+        body,
+        properties,
+    )
+    .await;
+}
+
 /// Takes one message off a queue (as the admin), or fails when it is empty.
 pub async fn take_one(broker: &Broker, vhost: &str, queue: &str) -> Vec<u8> {
     let connection = locality_broker::connect(&broker.admin_url(vhost), "test-take")
@@ -190,11 +227,13 @@ pub fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
-/// `properties` with the signature of `region`'s current message key over `tenant` and
-/// `body`, as the scheduler (to a region) or the region's workers (to the scheduler) sign.
+/// `properties` with the signature of `region`'s current message key over the route,
+/// the attempt header, `tenant` and `body`, as the scheduler (to a region) or the
+/// region's workers (to the scheduler) sign.
 pub fn signed(
     config: &locality_proto::Config,
     region: &str,
+    route: locality_broker::Route<'_>,
     tenant: &str,
     body: &[u8],
     properties: BasicProperties,
@@ -202,9 +241,23 @@ pub fn signed(
     let keys = config.regions[&RegionId::new(region).unwrap()]
         .message_keys()
         .expect("the region has message keys");
-    locality_broker::with_text_header(
-        properties,
-        locality_proto::topology::SIGNATURE_HEADER,
-        &keys.sign(tenant, body),
-    )
+    locality_broker::signed(properties, &keys, route, tenant, body)
+}
+
+/// The route of a job the scheduler sends to a region's `routing_key` (its priority).
+pub fn job_route(routing_key: &str) -> locality_broker::Route<'_> {
+    locality_broker::Route {
+        direction: locality_proto::signing::Direction::ToRegion,
+        kind: "job",
+        routing_key,
+    }
+}
+
+/// The route of a request (erasure, export) the scheduler sends to a region.
+pub fn request_route() -> locality_broker::Route<'static> {
+    locality_broker::Route {
+        direction: locality_proto::signing::Direction::ToRegion,
+        kind: "request",
+        routing_key: locality_proto::topology::CONTROL_ROUTING_KEY,
+    }
 }

@@ -189,6 +189,13 @@ impl Cluster {
         wait_ready(&self.http, &url, &self.workers[region]).await;
     }
 
+    /// Stops the worker of `region` (SIGTERM: it drains and exits).
+    pub fn stop_worker(&mut self, region: &str) {
+        if let Some(old) = self.workers.remove(region) {
+            self.old_logs.push(old.log.clone());
+        }
+    }
+
     /// The `/metrics` text of the first scheduler.
     pub async fn scheduler_metrics(&self) -> String {
         let response = self

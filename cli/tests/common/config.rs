@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use locality_proto::{Config, RegionId};
+use locality_proto::config::TenantConfig;
+use locality_proto::{Config, RegionId, TenantId};
+use sha2::{Digest, Sha256};
 
 pub fn region(id: &str) -> RegionId {
     RegionId::new(id).unwrap()
@@ -59,4 +61,18 @@ pub fn write(config: &Config, dir: &Path) -> PathBuf {
     let path = dir.join("locality.toml");
     std::fs::write(&path, toml::to_string(config).expect("config serialises")).unwrap();
     path
+}
+
+/// Adds a tenant like demo-eu (its presets, limits, quota) pinned to `regions` (the
+/// first its home), with API key `ID-key` and broker user `ID`; returns it to edit.
+pub fn add_tenant<'a>(config: &'a mut Config, id: &str, regions: &[&str]) -> &'a mut TenantConfig {
+    let mut tenant = config.tenants[&TenantId::new("demo-eu").unwrap()].clone();
+    tenant.regions = regions.iter().map(|r| region(r)).collect();
+    tenant.home = region(regions[0]);
+    tenant.api_key_sha256 = hex::encode(Sha256::digest(super::api_key(id).as_bytes()));
+    tenant.broker_user = Some(id.to_string());
+    tenant.webhook = None;
+    let id = TenantId::new(id).unwrap();
+    config.tenants.insert(id.clone(), tenant);
+    config.tenants.get_mut(&id).unwrap()
 }

@@ -27,8 +27,9 @@ pub const TENANT_REGIONS: [&str; 2] = ["eu", "ca"];
 pub const WEBHOOK_SECRET: &str = "whsec-test-0123456789abcdef";
 
 /// Adds tenant `acme` (API key `acme-key`), pinned to eu (its home) and ca, whose
-/// webhook is `webhook_url`.
+/// webhook is `webhook_url` (on loopback, which the operator allows for it).
 pub fn add_tenant(config: &mut Config, webhook_url: &str) {
+    allow_loopback_webhooks(config);
     let mut tenant = config.tenants[&TenantId::new(OTHER).unwrap()].clone();
     tenant.regions = TENANT_REGIONS.iter().map(|id| region(id)).collect();
     tenant.home = region("eu");
@@ -41,6 +42,18 @@ pub fn add_tenant(config: &mut Config, webhook_url: &str) {
     config
         .tenants
         .insert(TenantId::new(TENANT).unwrap(), tenant);
+}
+
+/// Lets webhooks reach loopback, where the tests' receivers listen.
+pub fn allow_loopback_webhooks(config: &mut Config) {
+    let loopback = "127.0.0.0/8".to_string();
+    if !config
+        .scheduler
+        .webhook_allowed_networks
+        .contains(&loopback)
+    {
+        config.scheduler.webhook_allowed_networks.push(loopback);
+    }
 }
 
 /// One POST the receiver got.
