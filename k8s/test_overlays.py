@@ -108,8 +108,14 @@ class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase, ProbesApart):
                             f"LOCALITY__REGIONS__{region.upper()}__"), variable["name"])
                 scaled = one(documents, "ScaledObject")["spec"]
                 self.assertEqual(
-                    sorted(t["metadata"]["queueName"] for t in scaled["triggers"]),
+                    sorted(t["metadata"]["queueName"] for t in scaled["triggers"]
+                           if t["type"] == "rabbitmq"),
                     [f"locality.jobs.{region}.batch", f"locality.jobs.{region}.interactive"])
+                # The backlog held back in the control store, of this region only.
+                waiting = [t["metadata"]["query"] for t in scaled["triggers"]
+                           if t["type"] == "prometheus"]
+                self.assertEqual(
+                    waiting, [f'sum(locality_tenant_jobs_waiting{{region="{region}"}})'])
                 auth = one(documents, "TriggerAuthentication")["spec"]["secretTargetRef"]
                 self.assertEqual({ref["name"] for ref in auth}, {f"locality-{region}"})
                 config = loads_with_secrets(self, documents, region)

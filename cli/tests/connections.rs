@@ -1,4 +1,4 @@
-//! Hostile connections against every HTTP door: for 30 s (three header timeouts),
+//! Hostile connections against every HTTP door: for 60 s (six header timeouts),
 //! 2,000 idle connections, 300 that send their request head a byte at a time and 100
 //! that send a real tenant's authenticated head and then trickle the body, spread over
 //! many client networks, plus a burst from one network past its connection cap.
@@ -21,7 +21,7 @@ use common::{api_key, peak_rss, reset_peak_rss};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-const ATTACK: Duration = Duration::from_secs(30);
+const ATTACK: Duration = Duration::from_secs(60);
 const IDLE: usize = 2_000;
 const SLOW_HEAD: usize = 300;
 const TRICKLE: usize = 100;

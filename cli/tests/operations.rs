@@ -13,7 +13,7 @@ use common::cluster::{Cluster, ClusterSpec};
 use common::deployment::Deployment;
 use common::embedded::Embedded;
 use common::results::all_reported;
-use common::{api_key, envelope, small_photo, thumb};
+use common::{api_key, envelope, metric_sum, small_photo, thumb};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use locality_proto::topology::jobs_queue;
@@ -89,9 +89,9 @@ print(json.dumps(families))
 
 /// Label names a metric may carry: all bounded by configuration or by the code.
 /// Labels whose values are fixed sets in the code or the configuration.
-const BOUNDED_LABELS: [&str; 11] = [
+const BOUNDED_LABELS: [&str; 13] = [
     "region", "priority", "outcome", "code", "stage", "link", "version", "le", "state", "kind",
-    "reason",
+    "reason", "duty", "tenant",
 ];
 
 /// Checks Prometheus' conventions on every family; returns them by name.
@@ -131,6 +131,14 @@ fn conventional(text: &str, forbidden_values: &[&str]) -> BTreeMap<String, Famil
                 );
                 for forbidden in forbidden_values {
                     assert!(!value.contains(forbidden), "{sample}: {label}={value}");
+                }
+                // Bounded by the configuration: only a configured tenant is a label.
+                if label == "tenant" {
+                    let configured = common::config::example().tenants;
+                    assert!(
+                        configured.keys().any(|tenant| tenant.as_str() == value),
+                        "{sample}: tenant={value} is not a configured tenant"
+                    );
                 }
             }
         }
@@ -293,6 +301,17 @@ async fn every_process_exposes_conventional_metrics_with_bounded_labels() {
         .any(|name| name.starts_with("locality_worker_")));
 }
 
+/// Jobs of `region` waiting in the control store for room in its window, as KEDA's
+/// Prometheus scaler reads them: `sum(locality_tenant_jobs_waiting{region=...})`.
+async fn waiting_in(cluster: &Cluster, region: &str) -> usize {
+    let metrics = cluster.scheduler_metrics().await;
+    metric_sum(
+        &metrics,
+        "locality_tenant_jobs_waiting",
+        &[("region", region)],
+    ) as usize
+}
+
 /// The ready-message count of a queue, as KEDA's RabbitMQ scaler reads it with
 /// `protocol: amqp`: a passive declare on the region's own vhost, with the credentials
 /// its TriggerAuthentication holds (the region's broker URL).
@@ -342,8 +361,13 @@ async fn the_queue_length_keda_scales_on_rises_with_a_backlog_and_falls_to_zero_
         .terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0));
     assert_eq!(queue_length_as_keda_reads_it(&amqp_url, &queue).await, 0);
+    // The queue holds the region's dispatch window; the rest of the backlog waits in the
+    // control store, which the scheduler reports as `locality_tenant_jobs_waiting`. KEDA
+    // scales on both (the manifests' two kinds of trigger), so their sum is the backlog.
+    let window = cluster.config.regions[&RegionId::new("eu").unwrap()].dispatch_window as usize;
+    assert!(window < BACKLOG, "the backlog outgrows the window");
     let mut ids = BTreeSet::new();
-    let mut lengths = Vec::new();
+    let mut seen_at = Vec::new();
     for n in 0..BACKLOG {
         let key = format!("backlog/{n}.jpg");
         ids.insert(
@@ -352,33 +376,40 @@ async fn the_queue_length_keda_scales_on_rises_with_a_backlog_and_falls_to_zero_
                 .await,
         );
         if n % 8 == 7 {
-            lengths.push(queue_length_as_keda_reads_it(&amqp_url, &queue).await);
+            let queued = queue_length_as_keda_reads_it(&amqp_url, &queue).await as usize;
+            let waiting = waiting_in(&cluster, "eu").await;
+            seen_at.push((n + 1, queued, waiting));
         }
     }
-    assert_eq!(
-        lengths,
-        vec![8, 16, 24],
-        "the backlog as the scaler sees it"
-    );
+    for (submitted, queued, waiting) in &seen_at {
+        assert_eq!(
+            (*queued, *waiting),
+            ((*submitted).min(window), submitted.saturating_sub(window)),
+            "the backlog as the scalers see it after {submitted}: {seen_at:?}"
+        );
+    }
 
     cluster.start_worker("eu").await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
     loop {
-        let length = queue_length_as_keda_reads_it(&amqp_url, &queue).await;
-        seen.push(length);
-        if length == 0 {
+        let backlog = queue_length_as_keda_reads_it(&amqp_url, &queue).await as usize
+            + waiting_in(&cluster, "eu").await;
+        seen.push(backlog);
+        if backlog == 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the queue never drained: {seen:?}"
+            "the backlog never drained: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Two readings, not one snapshot: a job moving from the store to the queue between
+    // them may be counted twice, never more.
     assert!(
-        seen.windows(2).all(|w| w[1] <= w[0]),
-        "it only falls while draining: {seen:?}"
+        seen.iter().all(|backlog| *backlog <= BACKLOG + 1),
+        "it never grows past the backlog while draining: {seen:?}"
     );
     let results = cluster
         .results
