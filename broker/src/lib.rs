@@ -51,6 +51,29 @@ pub enum BrokerError {
     ConnectionLost,
 }
 
+/// A channel of its own consuming `queue` with at most `prefetch` unsettled deliveries.
+pub async fn consume(
+    connection: &Connection,
+    queue: &str,
+    consumer_tag: &str,
+    prefetch: u16,
+) -> Result<(lapin::Channel, lapin::Consumer), BrokerError> {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
 /// The URL with its password replaced, for logs and errors.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {

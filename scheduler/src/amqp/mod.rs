@@ -20,9 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Consumer};
 use locality_broker::{json_properties, settle, short, with_text_header, BrokerError, Link};
 use locality_proto::topology::TENANT_HEADER;
 use locality_proto::{Limits, TenantId, ENVELOPE_VERSION};
@@ -101,27 +99,6 @@ pub async fn run(
     )
     .await;
     while links.join_next().await.is_some() {}
-}
-
-async fn consume(
-    connection: &Connection,
-    queue: &str,
-    consumer_tag: &str,
-    prefetch: u16,
-) -> Result<(Channel, Consumer), BrokerError> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            consumer_tag.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
 }
 
 /// Hands each delivery of `consumer` to `handle`, at most `concurrency` at once, until

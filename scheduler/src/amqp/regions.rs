@@ -13,7 +13,8 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use locality_broker::{
-    confirm_channel, publish_confirmed, settle, signed, verify_signed, BrokerError, Link, Route,
+    confirm_channel, consume, publish_confirmed, settle, signed, verify_signed, BrokerError, Link,
+    Route,
 };
 use locality_proto::gdpr::RegionRequest;
 use locality_proto::signing::{Direction, MessageKeys};
@@ -21,7 +22,7 @@ use locality_proto::topology::{events_queue, jobs_queue, CONTROL_ROUTING_KEY, JO
 use locality_proto::{ErrorCode, JobMessage, Priority, RegionId, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 
-use super::{consume, deliveries, job_properties, prefetch, settled, PublishSlot};
+use super::{deliveries, job_properties, prefetch, settled, PublishSlot};
 use crate::control::Control;
 use crate::regions::{DispatchError, JobDispatch};
 use crate::relay::Relayed;

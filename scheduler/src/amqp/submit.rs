@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::Connection;
-use locality_broker::{confirm_channel, settle, BrokerError, Link};
+use locality_broker::{confirm_channel, consume, settle, BrokerError, Link};
 use locality_proto::topology::{CONTENT_TYPE, SUBMIT_QUEUE};
 use locality_proto::{ErrorCode, JobError, JobOutcome, JobResult, Refusal, TenantId};
 use tokio_util::sync::CancellationToken;
 
-use super::{consume, deliveries, prefetch, settled, AmqpResults};
+use super::{deliveries, prefetch, settled, AmqpResults};
 use crate::control::Control;
 use crate::jobs::{Origin, SubmitError};
 use crate::retry::{until_done, Backoff};

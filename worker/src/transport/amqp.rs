@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::message::Delivery as AmqpMessage;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::BasicCancelOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use locality_broker::publish::own_headers;
 use locality_broker::{
-    confirm_channel, json_properties, number_header, publish_confirmed, settle, signed,
+    confirm_channel, consume, json_properties, number_header, publish_confirmed, settle, signed,
     text_header, verify_signed, with_number_header, BrokerError, Link, Route,
 };
 use locality_proto::gdpr::RegionRequest;
@@ -89,19 +89,24 @@ async fn session(
     });
     let retries = confirm_channel(&connection).await?;
     let prefetch = u16::try_from(slots).unwrap_or(u16::MAX);
-    let (control_channel, control) =
-        consumer(&connection, &control_queue(&region), "control", 1).await?;
-    let (interactive_channel, interactive) = consumer(
+    let (control_channel, control) = consume(
+        &connection,
+        &control_queue(&region),
+        "locality-worker-control",
+        1,
+    )
+    .await?;
+    let (interactive_channel, interactive) = consume(
         &connection,
         &jobs_queue(&region, Priority::Interactive),
-        Priority::Interactive.as_str(),
+        "locality-worker-interactive",
         prefetch,
     )
     .await?;
-    let (batch_channel, batch) = consumer(
+    let (batch_channel, batch) = consume(
         &connection,
         &jobs_queue(&region, Priority::Batch),
-        Priority::Batch.as_str(),
+        "locality-worker-batch",
         prefetch,
     )
     .await?;
@@ -137,27 +142,6 @@ async fn session(
         Ended::Shutdown => Ok(()),
         Ended::SourceLost => Err(BrokerError::ConnectionLost),
     }
-}
-
-async fn consumer(
-    connection: &Connection,
-    queue: &str,
-    name: &str,
-    prefetch: u16,
-) -> Result<(Channel, Consumer), BrokerError> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            format!("locality-worker-{name}").as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
 }
 
 /// The region's control queue and two priority queues.
