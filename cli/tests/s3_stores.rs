@@ -319,3 +319,136 @@ async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
         .collect();
     assert_eq!(ca_files.len(), 2);
 }
+
+/// What a job asks of its region's S3 server, counted at the server's door: a logging
+/// proxy between `locality up` and moto. The tenant already holds 1,200 markers of
+/// earlier erasures (more than a listing page), so a guard that read them all would
+/// need two pages; markers are named by time, and the job's one listing starts at its
+/// own origin. A source under the 1 MiB header prefix is read in one GET (a larger one
+/// in two: the prefix, then the rest).
+#[tokio::test]
+async fn a_job_of_three_outputs_makes_six_store_requests_with_one_tombstone_read_however_many_erasures_its_tenant_had(
+) {
+    use common::proxy::Proxy;
+    use futures::StreamExt;
+    use locality_proto::gdpr::{tombstone_key, tombstones_prefix, ErasureScope, Tombstone};
+    use locality_proto::TenantId;
+
+    let (mut config, buckets) = config_on_s3().await;
+    let (endpoint, bucket) = (buckets.endpoint("eu"), buckets.bucket("eu"));
+    let tenant = TenantId::new("demo-eu").unwrap();
+    let direct = RegionStore::from_url(
+        RegionId::new("eu").unwrap(),
+        &format!("s3://{bucket}"),
+        &s3_options(endpoint, "key-eu"),
+    )
+    .unwrap();
+    let an_hour_ago = locality_proto::time::now_millis() - 3_600_000;
+    futures::stream::iter(0..1_200i64)
+        .map(|n| {
+            let scope = ErasureScope::Subject {
+                subject: format!("earlier-{n}"),
+            };
+            let at = an_hour_ago + n;
+            let key = tombstone_key(&tenant, &scope, at);
+            let marker = Tombstone {
+                erasure_id: uuid::Uuid::new_v4(),
+                erased_at_ms: at,
+            };
+            let store = direct.clone();
+            async move {
+                let body = serde_json::to_vec(&marker).unwrap();
+                store.put(&key, body.into()).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+
+    let proxy = Proxy::logging(endpoint.trim_start_matches("http://")).await;
+    common::config::set_s3_store(
+        &mut config,
+        "eu",
+        &format!("http://127.0.0.1:{}", proxy.port),
+        bucket,
+    );
+    let embedded = Embedded::start_with(config);
+    let photo = std::fs::read(common::fixture("photos/recurser_Landscape_6.jpg")).unwrap();
+    let key = "holiday/photo.jpg";
+    let upload = embedded
+        .upload("demo-eu", key, "?subject=alice", photo)
+        .await;
+    assert_eq!(upload.status(), 201, "{}", upload.text().await.unwrap());
+    let upload_requests = proxy.take_requests();
+
+    let outputs = json!([
+        {"name": "large", "width": 1600, "height": 1600, "format": "jpeg"},
+        {"name": "medium", "width": 800, "height": 800, "format": "webp"},
+        {"name": "thumb", "width": 200, "height": 200, "fit": "cover", "format": "jpeg"}
+    ]);
+    let mut envelope = common::envelope("demo-eu", key, "interactive", outputs);
+    envelope["subject"] = json!("alice");
+    let accepted: serde_json::Value = embedded
+        .submit("demo-eu", &envelope)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let record = embedded
+        .wait_for("demo-eu", accepted["job_id"].as_str().unwrap())
+        .await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let job_requests = proxy.take_requests();
+
+    let tombstones = tombstones_prefix(&tenant);
+    let reads_tombstones = |request: &String| {
+        let target = url::Url::parse(&format!(
+            "http://store{}",
+            request.split_once(' ').unwrap().1
+        ))
+        .unwrap();
+        let in_path = target.path().contains("/.rights/");
+        let listed = target
+            .query_pairs()
+            .any(|(name, value)| name == "prefix" && value.starts_with(&tombstones));
+        in_path || listed
+    };
+    let tombstone_reads: Vec<&String> = job_requests
+        .iter()
+        .filter(|r| reads_tombstones(r))
+        .collect();
+    assert_eq!(
+        tombstone_reads.len(),
+        1,
+        "the job's tombstone reads: {tombstone_reads:#?}\nall its requests: {job_requests:#?}"
+    );
+    assert!(
+        tombstone_reads[0].starts_with("GET "),
+        "{tombstone_reads:?}"
+    );
+    let output_puts = job_requests
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("/outputs/"))
+        .count();
+    assert_eq!(output_puts, 3, "{job_requests:#?}");
+    // The source, three outputs, the erasure check, the record of processing.
+    assert_eq!(
+        job_requests
+            .iter()
+            .filter(|r| r.starts_with("GET "))
+            .count(),
+        2,
+        "{job_requests:#?}"
+    );
+    assert_eq!(job_requests.len(), 6, "{job_requests:#?}");
+    let upload_tombstone_reads = upload_requests
+        .iter()
+        .filter(|r| reads_tombstones(r))
+        .count();
+    assert_eq!(upload_tombstone_reads, 1, "{upload_requests:#?}");
+    eprintln!(
+        "store requests: upload {} {upload_requests:#?}\njob of three outputs {} {job_requests:#?}",
+        upload_requests.len(),
+        job_requests.len()
+    );
+}
