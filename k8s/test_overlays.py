@@ -111,11 +111,14 @@ class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase, ProbesApart):
                     sorted(t["metadata"]["queueName"] for t in scaled["triggers"]
                            if t["type"] == "rabbitmq"),
                     [f"locality.jobs.{region}.batch", f"locality.jobs.{region}.interactive"])
-                # The backlog held back in the control store, of this region only.
-                waiting = [t["metadata"]["query"] for t in scaled["triggers"]
-                           if t["type"] == "prometheus"]
-                self.assertEqual(
-                    waiting, [f'sum(locality_tenant_jobs_waiting{{region="{region}"}})'])
+                # The load: jobs its workers run and jobs held back in the control
+                # store, of this region only (the test `operations.rs` reads the same
+                # sum while a steady load runs).
+                load = [t["metadata"]["query"] for t in scaled["triggers"]
+                        if t["type"] == "prometheus"]
+                self.assertEqual(load, [
+                    'sum({__name__=~"locality_worker_jobs_in_flight|locality_tenant_jobs_waiting"'
+                    f',region="{region}"}}) or vector(0)'])
                 auth = one(documents, "TriggerAuthentication")["spec"]["secretTargetRef"]
                 self.assertEqual({ref["name"] for ref in auth}, {f"locality-{region}"})
                 config = loads_with_secrets(self, documents, region)
@@ -138,8 +141,16 @@ class EachRegionOverlayPinsOnlyItsOwnRegion(unittest.TestCase, ProbesApart):
                 _, documents = render(f"overlays/{region}")
                 spec = one(documents, "Deployment")["spec"]["template"]["spec"]
                 self.assertGreater(spec["terminationGracePeriodSeconds"], JOB_TIMEOUT_SECONDS)
-                self.assertGreater(one(documents, "ScaledObject")["spec"]["cooldownPeriod"],
-                                   JOB_TIMEOUT_SECONDS)
+                # Scale-in is the HPA's (cooldownPeriod only governs scaling to zero, and
+                # the minimum is one): a window longer than the longest job, one pod at a
+                # time; the pod that goes drains within its grace period.
+                scaled = one(documents, "ScaledObject")["spec"]
+                self.assertGreaterEqual(scaled["minReplicaCount"], 1)
+                self.assertNotIn("cooldownPeriod", scaled)
+                down = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+                self.assertGreater(down["stabilizationWindowSeconds"], JOB_TIMEOUT_SECONDS)
+                self.assertEqual(down["selectPolicy"], "Min")
+                self.assertEqual([(p["type"], p["value"]) for p in down["policies"]], [("Pods", 1)])
                 self.assertTrue(spec["securityContext"]["runAsNonRoot"])
                 container = spec["containers"][0]
                 self.assert_probes_on_the_admin_listener(

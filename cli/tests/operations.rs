@@ -422,6 +422,137 @@ async fn the_queue_length_keda_scales_on_rises_with_a_backlog_and_falls_to_zero_
     assert!(results.len() >= BACKLOG);
 }
 
+/// What KEDA's Prometheus trigger reads for a region (k8s/base/worker/scaledobject.yaml):
+/// jobs its workers have started plus jobs the schedulers hold back for it.
+async fn load_as_keda_reads_it(cluster: &Cluster, region: &str) -> usize {
+    let in_flight = metric_sum(
+        &cluster.worker_metrics(region).await,
+        "locality_worker_jobs_in_flight",
+        &[("region", region)],
+    );
+    in_flight as usize + waiting_in(cluster, region).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_keda_scales_on_tracks_a_steady_load_instead_of_falling_to_zero() {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let cluster = Cluster::start(&broker, ClusterSpec::regions(&["eu"])).await;
+    let eu = RegionId::new("eu").unwrap();
+    let amqp_url = cluster.config.regions[&eu].amqp_url.clone().unwrap();
+    let queue = jobs_queue(&eu, Priority::Batch);
+    // The worker's slots (ClusterSpec's --jobs 4) are also each queue's prefetch: at
+    // most 2 × 4 messages are unacknowledged without being started, which neither
+    // reading counts.
+    const PREFETCHED_AT_MOST: usize = 8;
+    let window = cluster.config.regions[&eu].dispatch_window as usize;
+    const JOBS: usize = 90;
+    for n in 0..JOBS {
+        cluster
+            .upload("demo-eu", &format!("steady/{n}.jpg"), small_photo())
+            .await;
+    }
+    let outputs = json!([
+        { "name": "large", "width": 1600, "height": 1600, "format": "jpeg" },
+        { "name": "medium", "width": 800, "height": 800, "format": "webp" },
+        { "name": "thumb", "width": 200, "height": 200, "fit": "cover", "format": "jpeg" }
+    ]);
+    let mut ids = BTreeSet::new();
+    // (outstanding after and before the readings, Prometheus trigger, ready messages).
+    let mut samples = Vec::new();
+    for n in 0..JOBS {
+        let key = format!("steady/{n}.jpg");
+        let envelope = envelope("demo-eu", &key, "batch", outputs.clone());
+        ids.insert(cluster.submit_retrying("demo-eu", &envelope).await);
+        // Faster than one worker renders for the first half (a backlog builds), then
+        // about as fast as it renders (it drains and keeps up): the trigger must follow
+        // both. Read while the job just submitted is under way.
+        let pause = if n < JOBS / 2 { 20 } else { 150 };
+        if n % 3 == 2 || n >= JOBS / 2 {
+            let finished_before = finished(&cluster, &ids);
+            let load = load_as_keda_reads_it(&cluster, "eu").await;
+            let ready = queue_length_as_keda_reads_it(&amqp_url, &queue).await as usize;
+            let finished_after = finished(&cluster, &ids);
+            samples.push((
+                ids.len() - finished_after,
+                ids.len() - finished_before,
+                load,
+                ready,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    eprintln!("(outstanding after, before, prometheus load, ready): {samples:?}");
+    for &(outstanding_low, outstanding_high, load, ready) in &samples {
+        // Every job not yet finished is started, held back, ready or prefetched.
+        assert!(
+            load + ready + PREFETCHED_AT_MOST >= outstanding_low,
+            "the scalers miss work: {samples:?}"
+        );
+        // Three readings, not one snapshot: jobs moving from the control store into
+        // the queue between them (at most a window's worth) may be counted twice.
+        assert!(
+            load + ready <= outstanding_high + window,
+            "the scalers count work that is not there: {samples:?}"
+        );
+        if outstanding_low > PREFETCHED_AT_MOST {
+            assert!(load > 0, "the trigger fell to zero under load: {samples:?}");
+        }
+    }
+    let under_load: Vec<_> = samples.iter().filter(|sample| sample.0 > 0).collect();
+    assert!(
+        samples.iter().any(|sample| sample.0 > PREFETCHED_AT_MOST),
+        "a backlog built up in the first half: {samples:?}"
+    );
+    // While the worker keeps up, the queue is empty whenever it is read: the ready
+    // count alone (KEDA's RabbitMQ trigger over AMQP) sees no work at all, the
+    // Prometheus trigger sees the jobs under way.
+    let missed_by_ready = under_load
+        .iter()
+        .filter(|sample| sample.3 == 0 && sample.2 > 0)
+        .count();
+    assert!(
+        missed_by_ready > 0,
+        "no moment where only the in-flight reading saw the work: {samples:?}"
+    );
+    eprintln!(
+        "under load, the ready count read 0 while jobs ran in {missed_by_ready} of {} samples",
+        under_load.len()
+    );
+
+    cluster
+        .results
+        .wait_until(
+            "the steady load's results",
+            Duration::from_secs(180),
+            |seen| all_reported(seen, &ids),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load_as_keda_reads_it(&cluster, "eu").await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the trigger stays up after the load is done"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let per_job = cluster.reports_per_job(&ids);
+    assert!(per_job.values().all(|n| *n == 1), "{per_job:?}");
+}
+
+/// How many of `ids` have a published result.
+fn finished(cluster: &Cluster, ids: &BTreeSet<String>) -> usize {
+    let done: BTreeSet<String> = cluster
+        .results
+        .published()
+        .into_iter()
+        .map(|seen| seen.result.job_id.to_string())
+        .filter(|id| ids.contains(id))
+        .collect();
+    done.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_line_by_line_with_one_span_per_job_and_no_client_ip() {
     let _serial = BROKER_LOCK.lock().await;
