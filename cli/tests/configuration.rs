@@ -130,6 +130,33 @@ fn print_config_shows_no_secret() {
     }
 }
 
+/// Kubernetes and shells give store options as environment variables, where figment
+/// reads `true` as a boolean and `9000` as a number: both are taken as their text.
+#[test]
+fn store_options_from_the_environment_may_be_bare_booleans_and_numbers() {
+    let output = run_briefly(
+        locality()
+            .arg("print-config")
+            .env("LOCALITY__REGIONS__EU__STORE", "s3://images-eu")
+            .env("LOCALITY__REGIONS__EU__STORE_OPTIONS__ALLOW_HTTP", "true")
+            .env(
+                "LOCALITY__REGIONS__EU__STORE_OPTIONS__ENDPOINT",
+                "http://127.0.0.1:9000",
+            )
+            .env(
+                "LOCALITY__REGIONS__EU__STORE_OPTIONS__CONNECT_TIMEOUT",
+                "30",
+            ),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    let options = &printed["regions"]["eu"]["store_options"];
+    assert_eq!(options["allow_http"].as_str(), Some("true"), "{options}");
+    assert_eq!(options["connect_timeout"].as_str(), Some("30"), "{options}");
+    assert_eq!(options["endpoint"].as_str(), Some("http://127.0.0.1:9000"));
+}
+
 /// A worker whose region has no receipt key (or no download key) refuses to start,
 /// naming the key: it could sign no erasure receipt and no export link, and would
 /// otherwise only find out at the first request.

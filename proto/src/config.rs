@@ -173,7 +173,11 @@ pub struct RegionConfig {
     /// Options of the store (object_store's keys: `endpoint`, `region`, `access_key_id`,
     /// `secret_access_key`, `allow_http`, ...). Secrets are better given through the
     /// environment: `LOCALITY__REGIONS__EU__STORE_OPTIONS__SECRET_ACCESS_KEY`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "store_options"
+    )]
     pub store_options: BTreeMap<String, String>,
     /// Broker (and vhost) holding this region's job queues in the distributed mode,
     /// with credentials that reach this vhost only: `amqp://eu-user:pass@host:5672/eu`.
@@ -320,8 +324,42 @@ pub struct Webhook {
 #[serde(deny_unknown_fields)]
 pub struct TenantStore {
     pub store: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "store_options"
+    )]
     pub store_options: BTreeMap<String, String>,
+}
+
+/// Store options are strings to object_store, but the environment's
+/// `LOCALITY__REGIONS__EU__STORE_OPTIONS__ALLOW_HTTP=true` arrives as a boolean and a
+/// numeric value as a number: take any scalar as its text. (A value whose leading zeros
+/// matter must be quoted in the environment: `'"007"'`.)
+fn store_options<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Flag(bool),
+        Whole(i64),
+        Number(f64),
+    }
+    let options = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(options
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Scalar::Text(text) => text,
+                Scalar::Flag(flag) => flag.to_string(),
+                Scalar::Whole(whole) => whole.to_string(),
+                Scalar::Number(number) => number.to_string(),
+            };
+            (name, text)
+        })
+        .collect())
 }
 
 impl TenantStore {
