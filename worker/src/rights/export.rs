@@ -2,7 +2,8 @@
 //! (one JSON object per line) and, when asked, a tar of the objects themselves, both
 //! written into the region's store and downloadable from the region's own endpoint
 //! through signed, expiring links. The control plane gets counts and links, never the
-//! keys. Both files are streamed: one object (a part of it) in memory at a time.
+//! keys. Both files are streamed: the next few objects are requested ahead (their
+//! bytes wait in the connection), one is copied at a time.
 //!
 //! The export asks the tombstone guard when it is done: if the subject was erased
 //! while it ran, its files go and it reports `erased`.
@@ -124,6 +125,16 @@ fn tar_padding(size: u64) -> Bytes {
     Bytes::from(vec![0u8; if rest == 0 { 0 } else { 512 - rest }])
 }
 
+/// Objects whose requests are made ahead of the one being written. Each holds at most
+/// its connection's receive buffer until its turn, so memory stays bounded.
+const READ_AHEAD: usize = 8;
+
+/// An object's size and its bytes as they arrive.
+type Opened = (
+    u64,
+    futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+);
+
 pub async fn run<E: EventSink>(
     context: &RightsContext,
     events: &E,
@@ -165,18 +176,34 @@ pub async fn run<E: EventSink>(
         )
     });
     let (mut objects, mut bytes, mut unreadable) = (0u64, 0u64, 0u64);
-    let mut listing = std::pin::pin!(store.list_all(&prefix));
-    while let Some(object) = listing.next().await {
-        let object = object?;
-        let entry = manifest_entry(context, store, &object).await?;
+    let archived = archive.is_some();
+    // A store answers each request after a round trip: the next objects' requests are
+    // made while this one is written, in listing order.
+    let prepared = store
+        .list_all(&prefix)
+        .map(|object| async move {
+            let object = object?;
+            let entry = manifest_entry(context, store, &object).await?;
+            let opened = if archived {
+                open(store, &object).await?
+            } else {
+                None
+            };
+            Ok::<_, StoreError>((object, entry, opened))
+        })
+        .buffered(READ_AHEAD);
+    let mut prepared = std::pin::pin!(prepared);
+    while let Some(next) = prepared.next().await {
+        let (object, entry, opened) = next?;
         let mut line = serde_json::to_vec(&entry).expect("manifest entries serialise");
         line.push(b'\n');
         manifest.send(Bytes::from(line)).await?;
         objects += 1;
         bytes += object.size;
         if let Some(archive) = &mut archive {
-            if !append(archive, store, &object).await? {
-                unreadable += 1;
+            match opened {
+                Some(opened) => append(archive, &object, opened).await?,
+                None => unreadable += 1,
             }
         }
     }
@@ -259,21 +286,25 @@ async fn manifest_entry(
     })
 }
 
-/// Appends one object to the archive, streamed; `false` when it cannot be read (an odd
-/// key, or gone since it was listed): it is listed in the manifest, not archived.
+/// An object opened for the archive, or `None` when it cannot be read (an odd key, or
+/// gone since it was listed): it is listed in the manifest, not archived.
+async fn open(store: &RegionStore, object: &Listed) -> Result<Option<Opened>, StoreError> {
+    if object.is_odd() {
+        return Ok(None);
+    }
+    match store.get_stream(&object.key).await {
+        Ok(opened) => Ok(Some(opened)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Appends one opened object to the archive, streamed.
 async fn append(
     archive: &mut Writer,
-    store: &RegionStore,
     object: &Listed,
-) -> Result<bool, Failure> {
-    if object.is_odd() {
-        return Ok(false);
-    }
-    let (size, mut chunks) = match store.get_stream(&object.key).await {
-        Ok(opened) => opened,
-        Err(StoreError::NotFound { .. }) => return Ok(false),
-        Err(err) => return Err(err.into()),
-    };
+    (size, mut chunks): Opened,
+) -> Result<(), Failure> {
     let header = tar_header(&object.key, size, object.last_modified_ms)
         .map_err(|e| Failure::failed(ErrorCode::InvalidKey, format!("{}: {e}", object.key)))?;
     archive.send(Bytes::from(header)).await?;
@@ -290,7 +321,7 @@ async fn append(
         ));
     }
     archive.send(tar_padding(size)).await?;
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
