@@ -55,7 +55,9 @@ def upload(http_url, api_key, key, data):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--amqp-url", required=True, help="the scheduler's vhost, as the tenant's broker user")
+    parser.add_argument("--amqp-url", required=True,
+                        help="the scheduler's vhost, as the tenant's broker user "
+                             "(a cluster: its nodes' URLs, comma-separated)")
     parser.add_argument("--http-url", required=True, help="the scheduler's HTTP API")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--tenant", required=True)
@@ -68,8 +70,9 @@ def main():
         stored = upload(args.http_url, args.api_key, key, f.read())
     print(f"uploaded {stored['object_key']} to region {stored['region']}", file=sys.stderr)
 
-    parameters = pika.URLParameters(args.amqp_url)
-    connection = pika.BlockingConnection(parameters)
+    # A cluster's nodes as comma-separated URLs: pika tries each in turn.
+    nodes = [pika.URLParameters(url.strip()) for url in args.amqp_url.split(",") if url.strip()]
+    connection = pika.BlockingConnection(nodes)
     channel = connection.channel()
     channel.confirm_delivery()
     # Listen before publishing, so the result cannot slip past.
@@ -94,7 +97,7 @@ def main():
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
             message_id=message_id,
-            user_id=parameters.credentials.username,
+            user_id=nodes[0].credentials.username,
         ),
         mandatory=True,
     )

@@ -40,7 +40,7 @@ def mebibytes(quantity):
 
 def dummy_secret(key):
     """A value of the right shape for each key a Secret of the README holds."""
-    if key.endswith("amqp-url"):
+    if key.endswith("amqp-url") or key == "amqp-scaler-url":
         return "amqp://user:password@broker.invalid:5672/vhost"
     if key == "database-url":
         return "postgres://user:password@db.invalid:5432/locality"

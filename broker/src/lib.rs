@@ -74,28 +74,59 @@ pub async fn consume(
     Ok((channel, consumer))
 }
 
-/// The URL with its password replaced, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // Setting a password fails only for URLs that cannot have one, and this one has one.
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "(unparseable URL)".to_string(),
-    }
+/// The URL (or URLs) with their passwords replaced, for logs and errors; one that does
+/// not parse is not shown at all.
+pub fn redact(urls: &str) -> String {
+    addresses(urls)
+        .into_iter()
+        .map(|url| match url::Url::parse(url) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                // Setting a password fails only for URLs that cannot have one, and this one has one.
+                let _ = parsed.set_password(Some("***"));
+                parsed.to_string()
+            }
+            Ok(parsed) => parsed.to_string(),
+            Err(_) => "(unparseable URL)".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// Opens a connection whose I/O runs on the current tokio runtime.
-pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, BrokerError> {
+/// The nodes a broker URL names: one URL, or several separated by commas (the nodes of
+/// a cluster, `amqp://u:p@rabbit-1:5672/eu,amqp://u:p@rabbit-2:5672/eu`).
+pub fn addresses(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// Where the next connection starts trying, so that clients spread over a cluster's
+/// nodes and a node that is down is not everyone's first try.
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Opens a connection to the first node of `urls` that answers, trying each once; its
+/// I/O runs on the current tokio runtime.
+pub async fn connect(urls: &str, connection_name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(|source| BrokerError::Connect {
-            url: redact(url),
-            source,
-        })
+    let nodes = addresses(urls);
+    let start = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
+    let mut last_error = None;
+    for n in 0..nodes.len().max(1) {
+        let url = nodes
+            .get((start + n) % nodes.len().max(1))
+            .copied()
+            .unwrap_or(urls);
+        match Connection::connect(url, properties.clone()).await {
+            Ok(connection) => return Ok(connection),
+            Err(source) => last_error = Some((url, source)),
+        }
+    }
+    let (url, source) = last_error.expect("at least one address was tried");
+    Err(BrokerError::Connect {
+        url: redact(url),
+        source,
+    })
 }
 
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(200);
@@ -192,4 +223,27 @@ fn watch_for_errors(
         }
         lost.cancel();
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_of_a_cluster_url_is_an_address_and_none_shows_its_password() {
+        let urls = "amqp://eu:pw-one@rabbit-1:5672/eu, amqp://eu:pw-two@rabbit-2:5672/eu,";
+        assert_eq!(
+            addresses(urls),
+            [
+                "amqp://eu:pw-one@rabbit-1:5672/eu",
+                "amqp://eu:pw-two@rabbit-2:5672/eu"
+            ]
+        );
+        let shown = redact(urls);
+        assert!(!shown.contains("pw-"), "{shown}");
+        assert_eq!(shown.matches("***").count(), 2, "{shown}");
+        assert_eq!(redact("amqp://eu:pw@[bad/eu"), "(unparseable URL)");
+        let printed = locality_proto::secrets::redact_url(urls);
+        assert!(!printed.contains("pw-"), "{printed}");
+    }
 }

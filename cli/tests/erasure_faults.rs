@@ -198,9 +198,7 @@ async fn an_erasure_during_a_90_s_store_outage_and_a_90_s_broker_cut_completes_a
     let mut store = StoppableS3::start(&format!("eu-outage-{}", std::process::id()));
     let mut ca_link = Proxy::start(&format!("127.0.0.1:{}", broker.port)).await;
     let (eu_store, ca_port) = (store.settings(), ca_link.port);
-    let ca_url = broker
-        .url("ca")
-        .replace(&format!(":{}/", broker.port), &format!(":{ca_port}/"));
+    let ca_url = broker.url_through("ca", ca_port);
     let spec = ClusterSpec::regions(&["eu", "ca"]).edit(move |config| {
         add_tenant(config, &url);
         let (url, options) = eu_store;

@@ -180,7 +180,8 @@ pub struct RegionConfig {
     )]
     pub store_options: BTreeMap<String, String>,
     /// Broker (and vhost) holding this region's job queues in the distributed mode,
-    /// with credentials that reach this vhost only: `amqp://eu-user:pass@host:5672/eu`.
+    /// with credentials that reach this vhost only: `amqp://eu-user:pass@host:5672/eu`;
+    /// a cluster's nodes as such URLs separated by commas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amqp_url: Option<String>,
     /// Public base URL of this region's ingest endpoint (`locality worker --listen`), where

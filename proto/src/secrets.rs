@@ -38,14 +38,18 @@ pub fn is_secret_option(name: &str) -> bool {
 
 /// The URL with its password replaced; text that is not a URL is kept as it is.
 pub fn redact_url(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            // Only URLs that cannot carry a password refuse one, and this one has one.
-            let _ = url.set_password(Some(REDACTED));
-            url.to_string()
-        }
-        _ => text.to_string(),
-    }
+    // A broker's nodes come as URLs separated by commas; each may carry a password.
+    text.split(',')
+        .map(|one| match url::Url::parse(one.trim()) {
+            Ok(mut url) if url.password().is_some() => {
+                // Only URLs that cannot carry a password refuse one, and this one has one.
+                let _ = url.set_password(Some(REDACTED));
+                url.to_string()
+            }
+            _ => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn redact_options(options: &mut std::collections::BTreeMap<String, String>) {

@@ -1,5 +1,6 @@
-//! The RabbitMQ broker that scripts/test.sh starts: URLs of its vhosts and users,
-//! rabbitmqctl, emptying queues between tests, publishing raw messages.
+//! The RabbitMQ cluster that scripts/test.sh starts (three nodes on loopback): URLs of
+//! its vhosts and users, naming every node, rabbitmqctl on one node or all, emptying
+//! queues between tests, publishing raw messages.
 
 use std::process::Command;
 
@@ -22,8 +23,17 @@ pub const VHOSTS: [&str; 4] = ["scheduler", "eu", "ca", "sg"];
 
 /// The broker started by scripts/rabbitmq-up.sh. Fails loudly without it.
 pub struct Broker {
+    /// The first node's port.
     pub port: u16,
-    env_file: String,
+    /// Every node's port, the first node's first.
+    pub ports: Vec<u16>,
+    /// Every node's environment file (its node name, for rabbitmqctl).
+    env_files: Vec<String>,
+}
+
+fn listed(variable: &str) -> Option<Vec<String>> {
+    let value = std::env::var(variable).ok()?;
+    Some(value.split(',').map(str::to_string).collect())
 }
 
 impl Broker {
@@ -34,9 +44,16 @@ impl Broker {
         );
         let env_file = std::env::var("LOCALITY_TEST_RABBITMQ_ENV")
             .expect("LOCALITY_TEST_RABBITMQ_ENV is not set: run the suite with scripts/test.sh");
+        let ports = listed("LOCALITY_TEST_AMQP_PORTS").unwrap_or_else(|| vec![port.clone()]);
+        let env_files = listed("LOCALITY_TEST_RABBITMQ_ENVS").unwrap_or_else(|| vec![env_file]);
+        assert_eq!(ports.len(), env_files.len(), "one environment per node");
         Self {
             port: port.parse().expect("a port number"),
-            env_file,
+            ports: ports
+                .iter()
+                .map(|port| port.parse().expect("a port number"))
+                .collect(),
+            env_files,
         }
     }
 
@@ -45,28 +62,34 @@ impl Broker {
         self.url_as(vhost, vhost)
     }
 
-    /// The URL of `vhost` with the credentials of `user_vhost`'s user.
+    /// The URL of `vhost` with the credentials of `user_vhost`'s user, naming every node
+    /// (comma-separated, as a deployment gives a cluster's nodes).
     pub fn url_as(&self, user_vhost: &str, vhost: &str) -> String {
-        format!(
-            "amqp://locality-{user_vhost}:secret-{user_vhost}@127.0.0.1:{}/{vhost}",
-            self.port
-        )
+        self.on_every_node(&format!("locality-{user_vhost}:secret-{user_vhost}"), vhost)
+    }
+
+    /// The URL of a vhost through one address only (a proxy in front of the first node),
+    /// so that cutting it cuts the process off the whole broker.
+    pub fn url_through(&self, vhost: &str, port: u16) -> String {
+        format!("amqp://locality-{vhost}:secret-{vhost}@127.0.0.1:{port}/{vhost}")
+    }
+
+    fn on_every_node(&self, credentials: &str, vhost: &str) -> String {
+        self.ports
+            .iter()
+            .map(|port| format!("amqp://{credentials}@127.0.0.1:{port}/{vhost}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The scheduler's vhost as a tenant's upload pipeline connects to it: as the
     /// tenant's own broker user (scripts/rabbitmq-tenant-user.sh).
     pub fn tenant_url(&self, tenant: &str) -> String {
-        format!(
-            "amqp://{tenant}:pipeline-{tenant}@127.0.0.1:{}/scheduler",
-            self.port
-        )
+        self.on_every_node(&format!("{tenant}:pipeline-{tenant}"), "scheduler")
     }
 
     pub fn admin_url(&self, vhost: &str) -> String {
-        format!(
-            "amqp://locality-admin:admin-secret@127.0.0.1:{}/{vhost}",
-            self.port
-        )
+        self.on_every_node("locality-admin:admin-secret", vhost)
     }
 
     /// Creates (or updates) the broker user of `tenant`'s upload pipeline, with password
@@ -80,24 +103,96 @@ impl Broker {
             .arg("-c")
             .arg(format!(
                 ". '{}' && '{script}' '{tenant}' 'pipeline-{tenant}' scheduler rabbitmqctl -n \"$RABBITMQ_NODENAME\"",
-                self.env_file
+                self.env_files[0]
             ))
             .status()
             .expect("bash runs");
         assert!(status.success(), "rabbitmq-tenant-user.sh {tenant} failed");
     }
 
-    /// Runs rabbitmqctl against the test node.
+    /// Runs rabbitmqctl against the first node.
     pub fn ctl(&self, args: &str) {
+        self.ctl_on(0, args);
+    }
+
+    /// Runs rabbitmqctl against node `node` (0 is the first).
+    pub fn ctl_on(&self, node: usize, args: &str) {
         let status = Command::new("bash")
             .arg("-c")
             .arg(format!(
                 ". '{}' && rabbitmqctl -q -n \"$RABBITMQ_NODENAME\" {args}",
-                self.env_file
+                self.env_files[node]
             ))
             .status()
             .expect("bash runs");
-        assert!(status.success(), "rabbitmqctl {args} failed");
+        assert!(status.success(), "rabbitmqctl {args} on node {node} failed");
+    }
+
+    /// How many nodes the broker has.
+    pub fn nodes(&self) -> usize {
+        self.env_files.len()
+    }
+
+    /// Stops the broker application on every node, the first node last.
+    pub fn stop_all(&self) {
+        for node in (0..self.nodes()).rev() {
+            self.ctl_on(node, "stop_app");
+        }
+    }
+
+    /// Starts it again, the first node (the last stopped, which waits for no peer) first.
+    pub fn start_all(&self) {
+        for node in 0..self.nodes() {
+            self.ctl_on(node, "start_app");
+        }
+    }
+
+    /// rabbitmqctl's output on node `node`.
+    pub fn ctl_output(&self, node: usize, args: &str) -> String {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". '{}' && rabbitmqctl -q -n \"$RABBITMQ_NODENAME\" {args}",
+                self.env_files[node]
+            ))
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "rabbitmqctl {args} failed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The node name of node `node` (`locality-test-PORT@localhost`).
+    pub fn node_name(&self, node: usize) -> String {
+        format!("locality-test-{}@localhost", self.ports[node])
+    }
+
+    /// A quorum queue's leader and members, as node names, asked of node `ask`.
+    pub fn queue_leader_and_members(
+        &self,
+        ask: usize,
+        vhost: &str,
+        queue: &str,
+    ) -> (String, Vec<String>) {
+        let listing = self.ctl_output(
+            ask,
+            &format!("list_queues -p {vhost} --no-table-headers name leader members"),
+        );
+        let line = listing
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(queue))
+            .unwrap_or_else(|| panic!("{queue} not listed in {vhost}: {listing}"));
+        let mut fields = line.split_whitespace().skip(1);
+        let leader = fields.next().expect("a leader").to_string();
+        let members = fields
+            .flat_map(|field| field.split(','))
+            .map(|member| {
+                member
+                    .trim_matches(|c| c == '[' || c == ']' || c == ' ')
+                    .to_string()
+            })
+            .filter(|member| !member.is_empty())
+            .collect();
+        (leader, members)
     }
 
     /// Deletes every queue Locality and these tests use, so a test starts empty.
