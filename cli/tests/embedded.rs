@@ -469,3 +469,26 @@ async fn transient_failures_are_retried_then_dead_lettered_on_the_embedded_defau
         .await;
     assert_eq!(good["status"], "succeeded", "{good}");
 }
+
+/// The longest source key a client may upload (512 bytes) is stored under the layout's
+/// prefixes, and its job runs: found by the `keys` fuzz target, where such a job was
+/// refused as `key_outside_tenant`. One byte more is refused at the upload.
+#[tokio::test]
+async fn a_source_key_of_the_longest_allowed_length_uploads_and_its_job_succeeds() {
+    let embedded = Embedded::start();
+    let longest = format!("{}/{}.jpg", "d".repeat(250), "k".repeat(512 - 251 - 4));
+    assert_eq!(longest.len(), 512);
+    let record = embedded
+        .run_job(
+            "demo-eu",
+            "photos/recurser_Portrait_8.jpg",
+            &longest,
+            common::thumb(),
+        )
+        .await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let too_long = format!("x{longest}");
+    let photo = std::fs::read(fixture("photos/recurser_Portrait_8.jpg")).unwrap();
+    let refused = embedded.upload("demo-eu", &too_long, "", photo).await;
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+}

@@ -66,10 +66,13 @@ identifier!(TenantId, "tenant", 63);
 /// Stands in for the subject of images that are about no one in particular.
 pub const NO_SUBJECT: &str = "_";
 
+/// Longest subject, asset or output name.
+pub const MAX_NAME_LEN: usize = 64;
+
 /// Checks a subject, asset or output name: `[A-Za-z0-9_-]{1,64}`, not `_` alone.
 pub fn check_name(value: &str) -> Result<(), String> {
     let ok = !value.is_empty()
-        && value.len() <= 64
+        && value.len() <= MAX_NAME_LEN
         && value != NO_SUBJECT
         && value
             .bytes()

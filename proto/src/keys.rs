@@ -12,16 +12,29 @@
 use sha2::{Digest, Sha256};
 
 use crate::envelope::ImageFormat;
-pub use crate::ids::{check_name, TenantId, NO_SUBJECT};
+pub use crate::ids::{check_name, TenantId, MAX_NAME_LEN, NO_SUBJECT};
 
 /// Longest source key accepted.
 pub const MAX_KEY_LEN: usize = 512;
 
+/// Longest key inside a tenant's area: an original of the longest source key, under the
+/// longest subject and asset names (`subjects/S/assets/A/original/KEY`).
+pub const MAX_AREA_KEY_LEN: usize = "subjects/".len()
+    + MAX_NAME_LEN
+    + "/assets/".len()
+    + MAX_NAME_LEN
+    + "/original/".len()
+    + MAX_KEY_LEN;
+
 /// Checks a client-chosen key: relative, no `..` or `.` segments, no empty segments,
 /// printable ASCII from a safe set. Returns the reason when it is refused.
 pub fn check_source_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(format!("must be 1 to {MAX_KEY_LEN} bytes long"));
+    check_key(key, MAX_KEY_LEN)
+}
+
+fn check_key(key: &str, max_len: usize) -> Result<(), String> {
+    if key.is_empty() || key.len() > max_len {
+        return Err(format!("must be 1 to {max_len} bytes long"));
     }
     if key.starts_with('/') {
         return Err("must be relative to the tenant's area (no leading '/')".into());
@@ -133,10 +146,12 @@ pub fn is_output_of(key: &str, asset_prefix: &str) -> bool {
         })
 }
 
-/// Whether a full object key lies inside the tenant's area.
+/// Whether a full object key lies inside the tenant's area. The area holds keys longer
+/// than a source key (the layout's prefixes come on top of it), so an original of the
+/// longest source key a client may upload belongs to its tenant.
 pub fn belongs_to_tenant(key: &str, tenant: &TenantId) -> bool {
     key.strip_prefix(&tenant_prefix(tenant))
-        .is_some_and(|rest| check_source_key(rest).is_ok())
+        .is_some_and(|rest| check_key(rest, MAX_AREA_KEY_LEN).is_ok())
 }
 
 /// Export archives, under `TENANT/`.
@@ -213,6 +228,35 @@ mod tests {
         );
         assert!(belongs_to_tenant(&location.original("x.jpg"), &tenant));
         assert!(!belongs_to_tenant("demo-ca/x.jpg", &tenant));
+    }
+
+    /// Found by `fuzz/run.sh` (target `keys`; its input is fuzz/seeds/keys/long-original):
+    /// an upload of a long source key was stored, and every job on it was refused as
+    /// `key_outside_tenant`, because the whole key was held to a source key's length.
+    #[test]
+    fn an_original_of_the_longest_source_key_under_the_longest_names_belongs_to_its_tenant() {
+        let tenant = TenantId::new("demo-eu").unwrap();
+        let location = AssetLocation {
+            tenant: tenant.clone(),
+            subject: Some("s".repeat(MAX_NAME_LEN)),
+            asset: "a".repeat(MAX_NAME_LEN),
+        };
+        let longest = format!("{}/{}", "d".repeat(300), "k".repeat(MAX_KEY_LEN - 301));
+        assert!(check_source_key(&longest).is_ok());
+        let original = location.original(&longest);
+        assert_eq!(original.len(), "demo-eu/".len() + MAX_AREA_KEY_LEN);
+        assert!(belongs_to_tenant(&original, &tenant), "{original}");
+        assert!(subject_and_asset_of_original(&original, &tenant).is_some());
+        let output = location.output("thumb", ImageFormat::Webp);
+        assert!(belongs_to_tenant(&output, &tenant));
+        // One byte more than the area can hold, and an escape, stay outside.
+        assert!(!belongs_to_tenant(&format!("{original}x"), &tenant));
+        assert!(!belongs_to_tenant("demo-eu/subjects/../x", &tenant));
+        let fuzzed = include_str!("../../fuzz/seeds/keys/long-original");
+        assert_eq!(
+            subject_and_asset_of_original(fuzzed, &TenantId::new("acme").unwrap()).is_some(),
+            belongs_to_tenant(fuzzed, &TenantId::new("acme").unwrap())
+        );
     }
 
     #[test]
