@@ -470,13 +470,16 @@ async fn transient_failures_are_retried_then_dead_lettered_on_the_embedded_defau
     assert_eq!(good["status"], "succeeded", "{good}");
 }
 
-/// The longest source key a client may upload (512 bytes) is stored under the layout's
-/// prefixes, and its job runs: found by the `keys` fuzz target, where such a job was
-/// refused as `key_outside_tenant`. One byte more is refused at the upload.
+/// The longest source key a client may upload (512 bytes, segments of at most 200) is
+/// stored under the layout's prefixes on the local directory store, and its job runs:
+/// found by the `keys` fuzz target, where such a job was refused as
+/// `key_outside_tenant`. One byte more, and a segment a file system cannot hold, are
+/// refused at the upload with `invalid_field`, not a store error.
 #[tokio::test]
 async fn a_source_key_of_the_longest_allowed_length_uploads_and_its_job_succeeds() {
     let embedded = Embedded::start();
-    let longest = format!("{}/{}.jpg", "d".repeat(250), "k".repeat(512 - 251 - 4));
+    let segment = "d".repeat(200);
+    let longest = format!("{segment}/{segment}/{}.jpg", "k".repeat(512 - 402 - 4));
     assert_eq!(longest.len(), 512);
     let record = embedded
         .run_job(
@@ -487,8 +490,14 @@ async fn a_source_key_of_the_longest_allowed_length_uploads_and_its_job_succeeds
         )
         .await;
     assert_eq!(record["status"], "succeeded", "{record}");
-    let too_long = format!("x{longest}");
     let photo = std::fs::read(fixture("photos/recurser_Portrait_8.jpg")).unwrap();
-    let refused = embedded.upload("demo-eu", &too_long, "", photo).await;
-    assert!(refused.status().is_client_error(), "{}", refused.status());
+    for refused_key in [format!("x{longest}"), format!("{}.jpg", "k".repeat(256))] {
+        let refused = embedded
+            .upload("demo-eu", &refused_key, "", photo.clone())
+            .await;
+        let status = refused.status();
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(status, 422, "{refused_key}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_field", "{body}");
+    }
 }

@@ -17,6 +17,11 @@ pub use crate::ids::{check_name, TenantId, MAX_NAME_LEN, NO_SUBJECT};
 /// Longest source key accepted.
 pub const MAX_KEY_LEN: usize = 512;
 
+/// Longest segment of a key between slashes: a local directory store keeps each as a
+/// file or directory name, which file systems hold to 255 bytes, and writes through a
+/// temporary name a few bytes longer. So a key works in every kind of store.
+pub const MAX_SEGMENT_LEN: usize = 200;
+
 /// Longest key inside a tenant's area: an original of the longest source key, under the
 /// longest subject and asset names (`subjects/S/assets/A/original/KEY`).
 pub const MAX_AREA_KEY_LEN: usize = "subjects/".len()
@@ -53,6 +58,12 @@ fn check_key(key: &str, max_len: usize) -> Result<(), String> {
             "." | ".." => {
                 return Err(format!(
                     "has a {segment:?} segment, which would escape the tenant's area"
+                ))
+            }
+            long if long.len() > MAX_SEGMENT_LEN => {
+                return Err(format!(
+                    "has a path segment of {} bytes; at most {MAX_SEGMENT_LEN} between slashes",
+                    long.len()
                 ))
             }
             _ => {}
@@ -241,7 +252,8 @@ mod tests {
             subject: Some("s".repeat(MAX_NAME_LEN)),
             asset: "a".repeat(MAX_NAME_LEN),
         };
-        let longest = format!("{}/{}", "d".repeat(300), "k".repeat(MAX_KEY_LEN - 301));
+        let segment = "d".repeat(MAX_SEGMENT_LEN);
+        let longest = format!("{segment}/{segment}/{}", "k".repeat(MAX_KEY_LEN - 402));
         assert!(check_source_key(&longest).is_ok());
         let original = location.original(&longest);
         assert_eq!(original.len(), "demo-eu/".len() + MAX_AREA_KEY_LEN);
