@@ -198,9 +198,6 @@ impl Broker {
     /// Deletes every queue Locality and these tests use, so a test starts empty.
     pub async fn reset(&self) {
         for vhost in VHOSTS {
-            let connection = locality_broker::connect(&self.admin_url(vhost), "test-reset")
-                .await
-                .unwrap_or_else(|e| panic!("broker not reachable for vhost {vhost}: {e}"));
             let mut queues = vec![TEST_RESULTS_QUEUE.to_string()];
             if vhost == "scheduler" {
                 queues.extend([
@@ -220,14 +217,36 @@ impl Broker {
                 ]);
             }
             for queue in queues {
-                // A channel each: deleting a queue that is not there may close the channel.
-                let channel = connection.create_channel().await.unwrap();
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
+                self.delete_queue(vhost, &queue).await;
             }
-            let _ = connection.close(200, "reset done".into()).await;
         }
+    }
+
+    /// Deletes a queue if it is there, on a connection of its own. A quorum queue's
+    /// deletion waits for its members; if the broker closes the connection meanwhile,
+    /// lapin may never settle the request, so each try is bounded and a new connection
+    /// tries again.
+    async fn delete_queue(&self, vhost: &str, queue: &str) {
+        for _ in 0..5 {
+            let attempt = async {
+                let connection = locality_broker::connect(&self.admin_url(vhost), "test-reset")
+                    .await
+                    .unwrap_or_else(|e| panic!("broker not reachable for vhost {vhost}: {e}"));
+                let channel = connection.create_channel().await?;
+                // Deleting a queue that is not there may close the channel: that is fine.
+                let _ = channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await;
+                let _ = connection.close(200, "reset done".into()).await;
+                Ok::<(), lapin::Error>(())
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(20), attempt).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => eprintln!("resetting {vhost}/{queue}: {err}; again"),
+                Err(_) => eprintln!("resetting {vhost}/{queue} did not settle in 20 s; again"),
+            }
+        }
+        panic!("could not delete {vhost}/{queue}");
     }
 
     /// Messages in a queue of a vhost (0 if the queue does not exist).

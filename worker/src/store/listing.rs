@@ -9,7 +9,8 @@
 //! - S3: `ListObjectsV2` with `encoding-type=url` (rusty-s3 builds and signs the request
 //!   with the credentials object_store resolved), `DeleteObjects` 1,000 keys a request,
 //!   and `ListMultipartUploads`/`AbortMultipartUpload` for unfinished uploads;
-//! - a local directory: a sorted walk of the directory (walkdir);
+//! - a local directory: a walk of the directory in key order, each directory read as a
+//!   stream keeping only what the page can use (bounded memory however large it is);
 //! - other stores (GCS, Azure, memory): object_store's own listing, whose odd keys
 //!   fail the page with `invalid_key`.
 //!
@@ -207,17 +208,6 @@ pub(super) struct LocalRaw {
     pub(super) root: PathBuf,
 }
 
-/// The order a walk visits entries so that keys come out sorted: a directory sorts as
-/// its name followed by `/`, which is how its files' keys begin.
-fn sort_key(entry: &walkdir::DirEntry) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut key = entry.file_name().as_bytes().to_vec();
-    if entry.file_type().is_dir() {
-        key.push(b'/');
-    }
-    key
-}
-
 /// object_store's local store stages an upload as `NAME#N` beside its final name.
 fn is_staged(name: &str) -> bool {
     name.contains('#')
@@ -332,61 +322,139 @@ impl LocalRaw {
 fn walk(root: &Path, prefix: &str, after: Option<&str>, limit: usize) -> Page {
     let mut page = Page::default();
     let start = root.join(prefix.trim_end_matches('/'));
-    if !start.is_dir() {
-        return page;
-    }
-    let mut entries = walkdir::WalkDir::new(&start)
-        .min_depth(1)
-        .sort_by(|a, b| sort_key(a).cmp(&sort_key(b)))
-        .into_iter();
-    while let Some(entry) = entries.next() {
-        let Ok(entry) = entry else {
-            page.unreadable += 1;
-            continue;
-        };
-        let is_dir = entry.file_type().is_dir();
-        let Some(key) = entry
-            .path()
-            .strip_prefix(root)
-            .ok()
-            .and_then(Path::to_str)
-            .map(str::to_string)
-        else {
-            page.unreadable += 1;
-            if is_dir {
-                entries.skip_current_dir();
-            }
-            continue;
-        };
-        if is_dir {
-            // A directory whose every key sorts before `after` is not walked into.
-            let dir_key = format!("{key}/");
-            if after.is_some_and(|after| after > dir_key.as_str() && !after.starts_with(&dir_key)) {
-                entries.skip_current_dir();
-            }
-            continue;
-        }
-        if !entry.file_type().is_file() || is_staged(&key) {
-            continue;
-        }
-        if after.is_some_and(|after| key.as_str() <= after) {
-            continue;
-        }
-        if page.objects.len() == limit {
-            page.truncated = true;
-            break;
-        }
-        let Ok(metadata) = entry.metadata() else {
-            page.unreadable += 1;
-            continue;
-        };
-        page.objects.push(Listed {
-            key,
-            size: metadata.len(),
-            last_modified_ms: metadata.modified().map(millis_of).unwrap_or(0),
-        });
+    if start.is_dir() {
+        walk_dir(root, &start, after.map(str::as_bytes), limit, &mut page);
     }
     page
+}
+
+/// A directory entry as the walk orders it: its name, with `/` after a directory's, so
+/// entries sort as the keys under them do.
+struct Child {
+    sort_key: Vec<u8>,
+    path: PathBuf,
+    is_dir: bool,
+}
+
+impl PartialEq for Child {
+    fn eq(&self, other: &Self) -> bool {
+        self.sort_key == other.sort_key
+    }
+}
+impl Eq for Child {}
+impl PartialOrd for Child {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Child {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key.cmp(&other.sort_key)
+    }
+}
+
+/// Fills `page` from `dir` and below, in key order; `true` once the page is full.
+///
+/// A directory is read as a stream, and only the entries a page can still use (the
+/// smallest past the cursor, as many as the page has room for plus one) are kept: a
+/// directory of millions of entries costs a page's memory, not its size. When what was
+/// kept held fewer files than that (empty directories), the directory is read again
+/// past the last entry used.
+fn walk_dir(root: &Path, dir: &Path, after: Option<&[u8]>, limit: usize, page: &mut Page) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(dir_key) = dir.strip_prefix(root).ok().and_then(Path::to_str) else {
+        page.unreadable += 1;
+        return false;
+    };
+    let dir_key = format!("{dir_key}/");
+    let mut past: Option<Vec<u8>> = None;
+    loop {
+        let room = limit + 1 - page.objects.len();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            page.unreadable += 1;
+            return false;
+        };
+        let mut kept = std::collections::BinaryHeap::with_capacity(room + 1);
+        for entry in entries {
+            let Ok(entry) = entry else {
+                continue;
+            };
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            let is_dir = file_type.is_dir();
+            if !is_dir && !file_type.is_file() {
+                continue;
+            }
+            let mut sort_key = entry.file_name().as_bytes().to_vec();
+            if is_dir {
+                sort_key.push(b'/');
+            }
+            if past.as_ref().is_some_and(|past| sort_key <= *past) {
+                continue;
+            }
+            if let Some(after) = after {
+                let key = [dir_key.as_bytes(), &sort_key].concat();
+                // A file at or before the cursor; a directory whose every key is.
+                let before = if is_dir {
+                    after > key.as_slice() && !after.starts_with(&key)
+                } else {
+                    key.as_slice() <= after
+                };
+                if before {
+                    continue;
+                }
+            }
+            kept.push(Child {
+                sort_key,
+                path: entry.path(),
+                is_dir,
+            });
+            if kept.len() > room {
+                kept.pop();
+            }
+        }
+        let read_to_the_end = kept.len() < room;
+        let children = kept.into_sorted_vec();
+        past = children.last().map(|child| child.sort_key.clone());
+        for child in children {
+            let Some(key) = child
+                .path
+                .strip_prefix(root)
+                .ok()
+                .and_then(Path::to_str)
+                .map(str::to_string)
+            else {
+                page.unreadable += 1;
+                continue;
+            };
+            if child.is_dir {
+                if walk_dir(root, &child.path, after, limit, page) {
+                    return true;
+                }
+                continue;
+            }
+            if is_staged(&key) {
+                continue;
+            }
+            if page.objects.len() == limit {
+                page.truncated = true;
+                return true;
+            }
+            let Ok(metadata) = std::fs::symlink_metadata(&child.path) else {
+                page.unreadable += 1;
+                continue;
+            };
+            page.objects.push(Listed {
+                key,
+                size: metadata.len(),
+                last_modified_ms: metadata.modified().map(millis_of).unwrap_or(0),
+            });
+        }
+        if read_to_the_end {
+            return false;
+        }
+    }
 }
 
 /// An S3 bucket, listed and bulk-deleted raw.
@@ -677,5 +745,65 @@ impl RegionStore {
             keeping: super::Keeping::Metadata,
             attempts: super::DEFAULT_ATTEMPTS,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, key: &str) {
+        let path = root.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+
+    /// Every key once, in order, however small the page and wherever the cursor falls:
+    /// files beside a directory of the same stem, empty directories, staged uploads, and
+    /// a flat directory far larger than a page.
+    #[test]
+    fn a_walk_pages_through_every_key_in_order_from_any_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // `a-b` < `a/...` < `a0`: a directory sorts as its name and `/`, as S3 keys do.
+        let mut expected = vec![
+            "t/a-b".to_string(),
+            "t/a/b".to_string(),
+            "t/a/c/d".to_string(),
+            "t/a0".to_string(),
+            "t/b".to_string(),
+        ];
+        expected.extend((0..250).map(|n| format!("t/flat/{n:04}")));
+        expected.push("t/z".to_string());
+        for key in &expected {
+            write(root, key);
+        }
+        for n in 0..5 {
+            std::fs::create_dir_all(root.join(format!("t/empty-{n}/inner"))).unwrap();
+        }
+        write(root, "t/flat/0001#3");
+        expected.sort();
+        for limit in [1, 7, 100, 1000] {
+            let mut listed = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = walk(root, "t/", after.as_deref(), limit);
+                assert!(page.objects.len() <= limit);
+                listed.extend(page.objects.iter().map(|object| object.key.clone()));
+                match page.cursor() {
+                    Some(cursor) if page.truncated => after = Some(cursor.to_string()),
+                    _ => break,
+                }
+            }
+            assert_eq!(listed, expected, "pages of {limit}");
+        }
+        let from_the_middle = walk(root, "t/", Some("t/flat/0123"), 3);
+        let keys: Vec<&str> = from_the_middle
+            .objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect();
+        assert_eq!(keys, ["t/flat/0124", "t/flat/0125", "t/flat/0126"]);
+        assert!(from_the_middle.truncated);
     }
 }
