@@ -41,24 +41,31 @@ def progress(label, done, total, started):
         print(file=sys.stderr, flush=True)
 
 
-def keys(count, kind):
+def keys(count, kind, asset="a"):
     """Originals (erase, export) or outputs, which expire after the tenant's 30 days."""
     name = "original/p.jpg" if kind == "original" else "outputs/thumb.jpg"
-    return [f"{TENANT}/subjects/{SUBJECT}/assets/a{n:07d}/{name}" for n in range(count)]
+    return [f"{TENANT}/subjects/{SUBJECT}/assets/{asset}{n:07d}/{name}" for n in range(count)]
 
 
-def seed(directory, count, kind, label):
+def seed(directory, count, kind, label, days_ago=2, asset="a"):
     """Writes the objects as files: a local store's directory, or s3s-fs's bucket
-    directory (it serves a bucket's files as its objects)."""
+    directory (it serves a bucket's files as its objects). Outputs get their day index
+    entries, as a worker writes them."""
     started = time.monotonic()
     # Written two days ago, as a subject's objects usually were: an erasure reads the
     # recorded origin only of objects written close to its request.
-    two_days_ago = time.time() - 2 * 86400
-    for n, key in enumerate(keys(count, kind), 1):
+    written = time.time() - days_ago * 86400
+    day = datetime.datetime.fromtimestamp(written, datetime.timezone.utc).strftime("%Y-%m-%d")
+    for n, key in enumerate(keys(count, kind, asset), 1):
         path = pathlib.Path(directory) / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(BODY)
-        os.utime(path, (two_days_ago, two_days_ago))
+        os.utime(path, (written, written))
+        if kind == "output":
+            entry = pathlib.Path(directory) / TENANT / ".index/outputs" / day / SUBJECT / f"{asset}{n:07d}"
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            entry.write_bytes(b"")
+            os.utime(entry, (written, written))
         if n % 10000 == 0 or n == count:
             progress(f"seed {label}", n, count, started)
 
@@ -205,26 +212,30 @@ def run_up(args, store, count, work_dir, s3, broker_env):
         process.terminate()
         process.wait(timeout=60)
     if "sweep" in args.operations:
-        figures.append(run_sweep(args, store, count, work_dir, env, s3, broker_env))
+        for kept in [int(n) for n in args.sweep_kept.split(",")]:
+            figures.append(run_sweep(args, store, count, work_dir, env, s3, broker_env, kept))
     return figures
 
 
-def run_sweep(args, store, count, work_dir, env, s3, broker_env):
-    """Seeds again and sweeps 31 days ahead with `locality sweep` (its own process)."""
+def run_sweep(args, store, count, work_dir, env, s3, broker_env, kept):
+    """Seeds again and sweeps 29 days ahead with `locality sweep` (its own process):
+    `count` outputs written two days ago expire, `kept` written now do not."""
     data_dir = work_dir / "data"
     requests = Requests(None)
     if store == "s3":
         endpoint, log_path, root = s3
-        bucket = f"bench-sweep-{count}-{int(time.time())}"
+        bucket = f"bench-sweep-{count}-{kept}-{int(time.time())}"
         seed(root / bucket, count, "output", "s3")
+        seed(root / bucket, kept, "output", "s3 kept", days_ago=0, asset="k")
         env = dict(env, LOCALITY__REGIONS__EU__STORE=f"s3://{bucket}")
         requests = Requests(log_path)
     else:
         shutil.rmtree(data_dir / "eu", ignore_errors=True)
         seed(data_dir / "eu", count, "output", "disk")
+        seed(data_dir / "eu", kept, "output", "disk kept", days_ago=0, asset="k")
         env = dict(env, LOCALITY__REGIONS__EU__STORE=f"file://{data_dir / 'eu'}")
     env.update(broker_env)
-    as_of = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=31)
+    as_of = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=29)
              ).strftime("%Y-%m-%dT%H:%M:%SZ")
     requests.mark()
     started = time.monotonic()
@@ -242,8 +253,8 @@ def run_sweep(args, store, count, work_dir, env, s3, broker_env):
     report = json.loads(text.splitlines()[-1]) if text else {}
     counts = requests.since()
     figure = {
-        "operation": f"sweep {store}", "store": store, "objects": count,
-        "seconds": round(seconds, 1), "objects_per_s": round(count / seconds),
+        "operation": f"sweep {store}", "store": store, "objects": count, "kept": kept,
+        "index_entries": report.get("index_entries"), "seconds": round(seconds, 1), "objects_per_s": round(count / seconds),
         "exit": os.waitstatus_to_exitcode(status), "deleted": report.get("deleted"),
         "examined": report.get("examined"), "requests": counts,
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
@@ -291,6 +302,9 @@ def main():
     parser.add_argument("--stores", default="disk,s3")
     parser.add_argument("--bin", default=str(ROOT / "target/release/locality"))
     parser.add_argument("--operations", default="export,erase,sweep")
+    # The sweep's requests follow what expires: the same expiring set beside stores
+    # keeping these many more.
+    parser.add_argument("--sweep-kept", default="0,200000")
     args = parser.parse_args()
     state = pathlib.Path(tempfile.mkdtemp(prefix="locality-rights-bench."))
     figures = []

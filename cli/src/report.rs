@@ -18,7 +18,7 @@ use locality_proto::time::{now_millis, parse_rfc3339, rfc3339, Millis};
 use locality_proto::{Config, RegionId, TenantId};
 use locality_scheduler::store::JobFilter;
 use locality_scheduler::ControlStore;
-use locality_worker::audit::summarise;
+use locality_worker::audit::{filed_before_ms, summarise};
 use locality_worker::RegionStores;
 use serde::Serialize;
 
@@ -239,9 +239,16 @@ async fn summarise_regions(
                 continue;
             }
         };
-        let read = summarise(stores.own(), tenant, args.since, |read, total| {
-            bars.update(&name, format!("{read}/{total} records read"), false);
-        })
+        let filed_before = filed_before_ms(config);
+        let read = summarise(
+            stores.own(),
+            tenant,
+            args.since,
+            filed_before,
+            |read, total| {
+                bars.update(&name, format!("{read}/{total} records read"), false);
+            },
+        )
         .await;
         match read {
             Ok(summary) => {

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use locality_proto::time::{now_millis, rfc3339, Millis};
 use locality_proto::{Config, RegionId};
-use locality_worker::rights::retention::{sweep, DryRun, SweepProgress, SweepReport};
+use locality_worker::rights::retention::{sweep, DryRun, SweepOptions, SweepProgress, SweepReport};
 use locality_worker::transport::amqp::SweepLock;
 use locality_worker::{RegionContext, RegionStores, WorkerMetrics};
 
@@ -20,6 +20,11 @@ pub struct SweepArgs {
     /// List what has expired, delete nothing.
     #[arg(long)]
     dry_run: bool,
+    /// List every object of every tenant instead of reading the region's day index:
+    /// once after upgrading from a release without the index, or for objects put into
+    /// the store by hand. Its requests grow with everything stored.
+    #[arg(long)]
+    full: bool,
     /// Sweep as if it were this time (RFC 3339), e.g. to preview what expires by then.
     #[arg(long, value_parser = locality_proto::time::parse_rfc3339)]
     as_of: Option<Millis>,
@@ -45,8 +50,12 @@ fn progress_text(progress: &SweepProgress<'_>) -> String {
     let report = progress.report;
     let (count, verb) = tally(report);
     format!(
-        "tenant {} ({}/{}): {} objects examined, {count} {verb}",
-        progress.tenant, progress.tenants_done, progress.tenants, report.examined
+        "tenant {} ({}/{}): {} index entries read, {} objects examined, {count} {verb}",
+        progress.tenant,
+        progress.tenants_done,
+        progress.tenants,
+        report.index_entries,
+        report.examined
     )
 }
 
@@ -87,9 +96,13 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
         let mut show = |progress: &SweepProgress<'_>| {
             bars.update(region.as_str(), progress_text(progress), false);
         };
+        let options = SweepOptions {
+            dry_run: args.dry_run,
+            full: args.full,
+        };
         let report: SweepReport = match &lock {
-            None => sweep(&config, &context, &DryRun, as_of, true, &mut show).await,
-            Some(lock) => sweep(&config, &context, lock, as_of, false, &mut show).await,
+            None => sweep(&config, &context, &DryRun, as_of, options, &mut show).await,
+            Some(lock) => sweep(&config, &context, lock, as_of, options, &mut show).await,
         };
         drop(lock);
         let (count, verb) = tally(&report);

@@ -56,10 +56,11 @@ fn region_part<'a>(report: &'a Value, region: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no part for {region}: {report:#}"))
 }
 
+/// The keys of `tenant`'s job records (`.audit/v1/TENANT/days/DAY/job_processed/ID.json`).
 fn job_records(keys: &[String], tenant: &str) -> Vec<String> {
-    let prefix = format!(".audit/v1/{tenant}/job_processed/");
+    let prefix = format!(".audit/v1/{tenant}/days/");
     keys.iter()
-        .filter(|k| k.starts_with(&prefix))
+        .filter(|k| k.starts_with(&prefix) && k.contains("/job_processed/"))
         .cloned()
         .collect()
 }
@@ -119,7 +120,21 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         .find(|id| **id != failed_job)
         .unwrap()
         .clone();
-    let record_key = format!(".audit/v1/{TENANT}/job_processed/{replayed}.json");
+    // Filed under the day the job was submitted.
+    let record_key = cluster
+        .audit_keys("ca")
+        .await
+        .into_iter()
+        .find(|key| key.ends_with(&format!("/job_processed/{replayed}.json")))
+        .expect("the replayed job's record");
+    let submitted = cluster.status(TENANT, &replayed).await["created_at"]
+        .as_str()
+        .unwrap()[..10]
+        .to_string();
+    assert_eq!(
+        record_key,
+        format!(".audit/v1/{TENANT}/days/{submitted}/job_processed/{replayed}.json")
+    );
     let first_record: AuditRecord =
         serde_json::from_slice(&cluster.object("ca", &record_key).await).unwrap();
     let database = cluster.config.scheduler.database_url.clone().unwrap();

@@ -53,6 +53,42 @@ fn sweep(cluster: &Cluster, as_of: &str, extra: &[&str]) -> std::process::Child 
         .expect("locality sweep starts")
 }
 
+/// The prefixes a sweep of eu as of `as_of` lists, each as often as it does, seen by a
+/// logging proxy in front of eu's S3 server; and the sweep's report.
+async fn prefixes_listed(
+    cluster: &Cluster,
+    as_of: &str,
+    extra: &[&str],
+) -> (Vec<String>, Vec<String>, Value) {
+    let (endpoint, bucket) = common::deployment::s3_bucket(&cluster.config, "eu").unwrap();
+    let proxy = common::proxy::Proxy::logging(endpoint.trim_start_matches("http://")).await;
+    let mut config = cluster.config.clone();
+    let through = format!("http://127.0.0.1:{}", proxy.port);
+    common::config::set_s3_store(&mut config, "eu", &through, &bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::config::write(&config, dir.path());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
+        .arg("--config")
+        .arg(&path)
+        .args(["sweep", "--region", "eu", "--json", "--as-of", as_of])
+        .args(extra)
+        .output()
+        .unwrap();
+    let report = report(&output).expect("a report");
+    let requests = proxy.take_requests();
+    let listed = requests
+        .iter()
+        .filter_map(|request| {
+            let target = request.split_once(' ').unwrap().1;
+            let url = url::Url::parse(&format!("http://store{target}")).unwrap();
+            let is_list = url.query_pairs().any(|(name, _)| name == "list-type");
+            let prefix = url.query_pairs().find(|(name, _)| name == "prefix");
+            is_list.then(|| prefix.map(|(_, p)| p.into_owned()).unwrap_or_default())
+        })
+        .collect();
+    (listed, requests, report)
+}
+
 fn report(output: &Output) -> Option<Value> {
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -109,6 +145,51 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
     let after_dry: BTreeSet<String> = cluster.objects("eu").await.into_iter().collect();
     assert_eq!(after_dry, before, "a dry run deleted something");
 
+    // What a sweep reads: each tenant's day index up to its first day not yet expired,
+    // and the assets of the expired days; never the area of what a tenant keeps.
+    let (listed, requests, dry) = prefixes_listed(&cluster, &in_31_days, &["--dry-run"]).await;
+    assert_eq!(
+        (dry["expired"].as_u64(), dry["full"].as_bool()),
+        (Some(3), Some(false))
+    );
+    let of_lasting: Vec<&String> = listed
+        .iter()
+        .filter(|p| p.starts_with("lasting/"))
+        .collect();
+    assert_eq!(
+        of_lasting,
+        ["lasting/.index/outputs/", "lasting/.exports/"],
+        "the 90-day tenant keeps all it has; its sweep reads one index page: {requests:#?}"
+    );
+    let assets: BTreeSet<&String> = listed
+        .iter()
+        .filter(|p| p.starts_with("demo-eu/subjects/"))
+        .collect();
+    assert_eq!(
+        assets.len(),
+        3,
+        "one listing per expired asset: {listed:#?}"
+    );
+    assert!(
+        assets
+            .iter()
+            .all(|p| p.contains("/assets/") && p.ends_with('/')),
+        "{assets:?}"
+    );
+    assert!(
+        !listed
+            .iter()
+            .any(|p| p == "demo-eu/" || p == "lasting/" || p.is_empty()),
+        "a tenant's whole area was listed: {listed:#?}"
+    );
+    // A full sweep finds the same by listing everything.
+    let (listed, _, full) = prefixes_listed(&cluster, &in_31_days, &["--dry-run", "--full"]).await;
+    assert_eq!(
+        (full["expired"].as_u64(), full["full"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert!(listed.iter().any(|p| p == "lasting/"), "{listed:#?}");
+
     // While another holds the region's sweep, a sweep does nothing.
     let eu_broker = cluster.config.regions[&region("eu")]
         .amqp_url
@@ -160,6 +241,13 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
         gone, expiring,
         "exactly demo-eu's outputs expire; originals and the 90-day tenant's stay"
     );
+    // The entries of what went go with it; those of what stays stay.
+    let index = cluster.index_keys("eu").await;
+    let entries = |prefix: &str| index.iter().filter(|k| k.starts_with(prefix)).count();
+    assert_eq!(entries("demo-eu/.index/outputs/"), 0, "{index:#?}");
+    assert_eq!(entries("demo-eu/.index/originals/"), 3, "{index:#?}");
+    assert_eq!(entries("lasting/.index/outputs/"), 3, "{index:#?}");
+    assert_eq!(entries("lasting/.index/originals/"), 0, "{index:#?}");
 
     // Each deleted key announced once, as expired, on locality.results.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -182,8 +270,24 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
     assert_eq!(announced.into_iter().collect::<BTreeSet<_>>(), expiring);
 
     // The region's record of processing has its own retention (400 days by default),
-    // and the sweep above is in it.
+    // and the sweep above is in it. Records are filed by day; one of the first layout
+    // (`.audit/v1/TENANT/KIND/ID.json`, before days) expires by its write time.
+    cluster
+        .plant(
+            "eu",
+            ".audit/v1/demo-eu/job_processed/written-before-days.json",
+            b"{}".to_vec(),
+        )
+        .await;
     let records: BTreeSet<String> = cluster.audit_keys("eu").await.into_iter().collect();
+    assert!(
+        records
+            .iter()
+            .filter(|k| !k.ends_with("written-before-days.json"))
+            .all(|k| k.starts_with(".audit/v1/demo-eu/days/")
+                || k.starts_with(".audit/v1/lasting/days/")),
+        "{records:?}"
+    );
     let expired_records = records.iter().filter(|k| k.contains("/expired/")).count();
     assert_eq!(expired_records, 1, "one record of the sweep: {records:?}");
     let in_401_days = rfc3339(now_millis() + 401 * 86_400_000);
@@ -210,11 +314,12 @@ async fn a_sweep_31_days_ahead_deletes_only_expired_outputs_announces_each_once_
 }
 
 /// One tenant's own bucket in eu does not answer (an endpoint where nothing listens),
-/// and another tenant's area holds a key object_store's path refuses: the sweep fails
-/// that one tenant's part, says so (exit 1, `failed` in its report), and sweeps every
-/// other tenant all the same, the odd key included in what it examined.
+/// and another tenant's area holds a key object_store's path refuses, put there behind
+/// Locality's back (so only a full sweep, which lists everything, sees it): the sweep
+/// fails that one tenant's part, says so (exit 1, `failed` in its report), and sweeps
+/// every other tenant all the same, the odd key included in what it examined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sweep_with_one_tenants_bucket_unreachable_sweeps_the_other_tenants_and_names_the_one_that_failed(
+async fn a_full_sweep_with_one_tenants_bucket_unreachable_sweeps_the_other_tenants_and_names_the_one_that_failed(
 ) {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
@@ -264,7 +369,7 @@ async fn a_sweep_with_one_tenants_bucket_unreachable_sweeps_the_other_tenants_an
         )
         .await;
     let in_31_days = rfc3339(now_millis() + 31 * 86_400_000);
-    let output = sweep(&cluster, &in_31_days, &[])
+    let output = sweep(&cluster, &in_31_days, &["--full"])
         .wait_with_output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");

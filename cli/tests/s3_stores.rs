@@ -294,7 +294,12 @@ async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
     }
 
     let own = list_s3(buckets.endpoint("eu"), &own_bucket).await;
-    assert_eq!(own.len(), 2, "original and output of demo-eu: {own:?}");
+    assert_eq!(
+        own.len(),
+        3,
+        "original, output and the output's day index entry of demo-eu: {own:?}"
+    );
+    assert!(own.iter().any(|k| k.starts_with("demo-eu/.index/outputs/")));
     assert!(own.iter().all(|k| k.starts_with("demo-eu/")), "{own:?}");
     assert!(own.iter().any(|k| k.ends_with("/outputs/thumb.webp")));
     // The region's own bucket holds only its record of processing (the operator's),
@@ -315,9 +320,9 @@ async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
         .list("ca")
         .await
         .into_iter()
-        .filter(|k| !k.starts_with(".audit/"))
+        .filter(|k| !k.starts_with(".audit/") && !k.starts_with("demo-ca/.index/"))
         .collect();
-    assert_eq!(ca_files.len(), 2);
+    assert_eq!(ca_files.len(), 2, "{ca_files:?}");
 }
 
 /// What a job asks of its region's S3 server, counted at the server's door: a logging
@@ -327,7 +332,7 @@ async fn a_tenants_own_bucket_receives_its_files_in_that_region() {
 /// own origin. A source under the 1 MiB header prefix is read in one GET (a larger one
 /// in two: the prefix, then the rest).
 #[tokio::test]
-async fn a_job_of_three_outputs_makes_six_store_requests_with_one_tombstone_read_however_many_erasures_its_tenant_had(
+async fn a_job_of_three_outputs_makes_seven_store_requests_with_one_tombstone_read_and_one_index_entry_however_many_erasures_its_tenant_had(
 ) {
     use common::proxy::Proxy;
     use futures::StreamExt;
@@ -428,10 +433,24 @@ async fn a_job_of_three_outputs_makes_six_store_requests_with_one_tombstone_read
     );
     let output_puts = job_requests
         .iter()
-        .filter(|r| r.starts_with("PUT ") && r.contains("/outputs/"))
+        .filter(|r| r.starts_with("PUT ") && r.contains("/outputs/") && !r.contains("/.index/"))
         .count();
     assert_eq!(output_puts, 3, "{job_requests:#?}");
-    // The source, three outputs, the erasure check, the record of processing.
+    // Its asset's day index entry, put before the outputs it stands for.
+    let index_puts: Vec<usize> = job_requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.starts_with("PUT ") && r.contains("/.index/outputs/"))
+        .map(|(n, _)| n)
+        .collect();
+    let first_output = job_requests
+        .iter()
+        .position(|r| r.starts_with("PUT ") && r.contains("/outputs/") && !r.contains("/.index/"))
+        .unwrap();
+    assert_eq!(index_puts.len(), 1, "{job_requests:#?}");
+    assert!(index_puts[0] < first_output, "{job_requests:#?}");
+    // The source, three outputs, the index entry, the erasure check, the record of
+    // processing.
     assert_eq!(
         job_requests
             .iter()
@@ -440,7 +459,7 @@ async fn a_job_of_three_outputs_makes_six_store_requests_with_one_tombstone_read
         2,
         "{job_requests:#?}"
     );
-    assert_eq!(job_requests.len(), 6, "{job_requests:#?}");
+    assert_eq!(job_requests.len(), 7, "{job_requests:#?}");
     let upload_tombstone_reads = upload_requests
         .iter()
         .filter(|r| reads_tombstones(r))

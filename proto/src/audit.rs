@@ -92,12 +92,20 @@ pub struct AuditRecord {
     /// What an erasure covered: `tenant`, `subject` or `asset`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The UTC day it is filed under (`YYYY-MM-DD`): that of the request it records (a
+    /// job's submission, an erasure's or export's request), so a retry on a later day
+    /// finds it. Records written before the days layout have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filed: Option<String>,
 }
 
 impl AuditRecord {
     /// Where this record lives in its region's store.
     pub fn key(&self) -> String {
-        record_key(&self.tenant, self.kind, &self.id)
+        match &self.filed {
+            Some(day) => filed_record_key(&self.tenant, day, self.kind, &self.id),
+            None => record_key(&self.tenant, self.kind, &self.id),
+        }
     }
 
     /// The UTC day of the record, `YYYY-MM-DD`.
@@ -106,8 +114,31 @@ impl AuditRecord {
     }
 }
 
+/// Where a record of the first layout lives: `.audit/v1/TENANT/KIND/ID.json`.
 pub fn record_key(tenant: &TenantId, kind: AuditKind, id: &str) -> String {
     format!("{}{}/{id}.json", tenant_audit_prefix(tenant), kind.as_str())
+}
+
+/// Where a record filed under `day` lives: `.audit/v1/TENANT/days/DAY/KIND/ID.json`.
+/// Keys sort by day, so expiring a day's records, or summarising from a day on, lists
+/// those days and no others.
+pub fn filed_record_key(tenant: &TenantId, day: &str, kind: AuditKind, id: &str) -> String {
+    format!(
+        "{}{day}/{}/{id}.json",
+        tenant_days_prefix(tenant),
+        kind.as_str()
+    )
+}
+
+/// `.audit/v1/TENANT/days/`: a tenant's records filed by day.
+pub fn tenant_days_prefix(tenant: &TenantId) -> String {
+    format!("{}days/", tenant_audit_prefix(tenant))
+}
+
+/// Lists after this key to read a tenant's records of the first layout only (their
+/// kinds sort after `days/`, and `~` after every day).
+pub fn after_filed_records(tenant: &TenantId) -> String {
+    format!("{}~", tenant_days_prefix(tenant))
 }
 
 /// Everything of one tenant in a region's audit.
@@ -423,6 +454,7 @@ mod tests {
             subject: Some("s1-x".into()),
             asset: Some("a1-x".into()),
             scope: None,
+            filed: Some(day_of(at_ms)),
         }
     }
 

@@ -197,9 +197,171 @@ pub fn classify(key: &str, tenant: &TenantId) -> StoredKind {
     }
 }
 
+/// The day index, under `TENANT/`: `.index/KIND/DAY/SUBJECT/ASSET`, an empty entry
+/// for each asset that had an object of KIND (`outputs` or `originals`) written on DAY
+/// (UTC, `YYYY-MM-DD`). Keys sort by day, so a retention sweep reads the entries of the
+/// days that have expired and stops at the first that has not: what it lists grows
+/// with what expires, not with what is kept.
+pub const INDEX: &str = ".index/";
+
+/// What a day index entry is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IndexedKind {
+    Outputs,
+    Originals,
+}
+
+impl IndexedKind {
+    pub const ALL: [IndexedKind; 2] = [IndexedKind::Outputs, IndexedKind::Originals];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexedKind::Outputs => "outputs",
+            IndexedKind::Originals => "originals",
+        }
+    }
+
+    /// The kind of stored object the entries stand for.
+    pub fn stored(self) -> StoredKind {
+        match self {
+            IndexedKind::Outputs => StoredKind::Output,
+            IndexedKind::Originals => StoredKind::Original,
+        }
+    }
+
+    fn of(kind: StoredKind) -> Option<Self> {
+        match kind {
+            StoredKind::Output => Some(IndexedKind::Outputs),
+            StoredKind::Original => Some(IndexedKind::Originals),
+            StoredKind::ExportArchive | StoredKind::Other => None,
+        }
+    }
+}
+
+/// `TENANT/.index/KIND/`: every entry of one kind, in day order.
+pub fn index_prefix(tenant: &TenantId, kind: IndexedKind) -> String {
+    format!("{tenant}/{INDEX}{}/", kind.as_str())
+}
+
+/// The day index entry that stands for `key` (an original or output of `tenant`)
+/// written on `day`; `None` for keys outside the layout, which retention keeps.
+pub fn index_entry(key: &str, tenant: &TenantId, day: &str) -> Option<String> {
+    let kind = IndexedKind::of(classify(key, tenant))?;
+    let rest = key.strip_prefix(&tenant_prefix(tenant))?;
+    let mut parts = rest.splitn(5, '/');
+    let (_, subject, _, asset) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(format!(
+        "{}{day}/{subject}/{asset}",
+        index_prefix(tenant, kind)
+    ))
+}
+
+/// An entry of the day index, read back from its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry<'a> {
+    pub day: &'a str,
+    pub subject: &'a str,
+    pub asset: &'a str,
+}
+
+impl IndexEntry<'_> {
+    /// `TENANT/subjects/SUBJECT/assets/ASSET/`: where its objects are.
+    pub fn asset_prefix(&self, tenant: &TenantId) -> String {
+        format!("{tenant}/subjects/{}/assets/{}/", self.subject, self.asset)
+    }
+}
+
+/// Reads an entry's key under [`index_prefix`]; `None` for anything else found there.
+pub fn parse_index_entry<'a>(
+    key: &'a str,
+    tenant: &TenantId,
+    kind: IndexedKind,
+) -> Option<IndexEntry<'a>> {
+    let rest = key.strip_prefix(&index_prefix(tenant, kind))?;
+    let mut parts = rest.split('/');
+    let (day, subject, asset) = (parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = parts.next().is_none()
+        && is_day(day)
+        && (subject == NO_SUBJECT || check_name(subject).is_ok())
+        && check_name(asset).is_ok();
+    well_formed.then_some(IndexEntry {
+        day,
+        subject,
+        asset,
+    })
+}
+
+/// Whether `day` reads `YYYY-MM-DD`.
+pub fn is_day(day: &str) -> bool {
+    let bytes = day.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            _ => b.is_ascii_digit(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_and_an_original_have_day_index_entries_that_lead_back_to_their_asset() {
+        let tenant = TenantId::new("acme").unwrap();
+        let location = AssetLocation {
+            tenant: tenant.clone(),
+            subject: Some("u-1".into()),
+            asset: "a_2".into(),
+        };
+        let output = location.output("thumb", ImageFormat::Webp);
+        let entry = index_entry(&output, &tenant, "2026-12-02").unwrap();
+        assert_eq!(entry, "acme/.index/outputs/2026-12-02/u-1/a_2");
+        let parsed = parse_index_entry(&entry, &tenant, IndexedKind::Outputs).unwrap();
+        assert_eq!(parsed.day, "2026-12-02");
+        assert_eq!(parsed.asset_prefix(&tenant), location.prefix());
+
+        let original = location.original("in/photo.jpg");
+        let entry = index_entry(&original, &tenant, "2026-01-31").unwrap();
+        assert_eq!(entry, "acme/.index/originals/2026-01-31/u-1/a_2");
+        assert!(parse_index_entry(&entry, &tenant, IndexedKind::Outputs).is_none());
+
+        let anonymous = AssetLocation {
+            subject: None,
+            ..location
+        };
+        let entry = index_entry(
+            &anonymous.output("x", ImageFormat::Png),
+            &tenant,
+            "2026-12-02",
+        );
+        assert_eq!(
+            entry.as_deref(),
+            Some("acme/.index/outputs/2026-12-02/_/a_2")
+        );
+    }
+
+    #[test]
+    fn keys_outside_the_layout_have_no_index_entry_and_stray_entries_are_not_read() {
+        let tenant = TenantId::new("acme").unwrap();
+        for key in [
+            "acme/.exports/x.tar",
+            "acme/loose.jpg",
+            "other/subjects/u/assets/a/outputs/t.jpg",
+        ] {
+            assert_eq!(index_entry(key, &tenant, "2026-12-02"), None, "{key}");
+        }
+        for key in [
+            "acme/.index/outputs/2026-12-2/u/a",
+            "acme/.index/outputs/2026-12-02/u/a/extra",
+            "acme/.index/outputs/2026-12-02/u/../a",
+            "acme/.index/outputs/2026-12-02/u",
+        ] {
+            assert!(
+                parse_index_entry(key, &tenant, IndexedKind::Outputs).is_none(),
+                "{key}"
+            );
+        }
+    }
 
     #[test]
     fn keys_escaping_the_tenant_area_are_refused() {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use locality_proto::audit::{
-    asset_pseudonym, audit_key_from_receipt_seed, subject_pseudonym, tenant_audit_prefix,
-    AuditKind, AuditRecord, RegionSummary,
+    after_filed_records, asset_pseudonym, audit_key_from_receipt_seed, day_of, subject_pseudonym,
+    tenant_audit_prefix, tenant_days_prefix, AuditKind, AuditRecord, RegionSummary,
 };
 use locality_proto::keys::{subject_and_asset_of_original, NO_SUBJECT};
 use locality_proto::time::{now_millis, rfc3339, Millis};
@@ -36,6 +36,9 @@ pub struct Entry<'a> {
     pub asset: Option<&'a str>,
     /// What an erasure covered: `tenant`, `subject` or `asset`.
     pub scope: Option<&'static str>,
+    /// When the request it records was made, whose day it is filed under (now, if
+    /// unset: a record with an id of its own).
+    pub filed_ms: Option<Millis>,
 }
 
 impl<'a> Entry<'a> {
@@ -51,7 +54,14 @@ impl<'a> Entry<'a> {
             subject: None,
             asset: None,
             scope: None,
+            filed_ms: None,
         }
+    }
+
+    /// Files it under the day of `at_ms`, the request's time.
+    pub fn filed_at(mut self, at_ms: Millis) -> Self {
+        self.filed_ms = Some(at_ms);
+        self
     }
 
     pub fn counts(mut self, objects: u64, bytes: u64) -> Self {
@@ -138,6 +148,7 @@ impl AuditLog {
             subject,
             asset,
             scope: entry.scope.map(str::to_string),
+            filed: Some(day_of(entry.filed_ms.unwrap_or(at_ms))),
         };
         let body = serde_json::to_vec(&record).expect("an audit record serialises");
         self.store.put_new(&record.key(), Bytes::from(body)).await?;
@@ -163,22 +174,45 @@ impl AuditLog {
     }
 }
 
-/// What this region's record says about `tenant` from `since_ms` on. `progress` gets
-/// (records read, records to read) as it goes.
+/// How long before its record is written a request may have been made: a job runs
+/// until it is older than `jobs.retention_days`, a rights request's part until its
+/// deadline.
+pub fn filed_before_ms(config: &Config) -> Millis {
+    let days = config
+        .jobs
+        .retention_days
+        .max(locality_proto::gdpr::REQUEST_DEADLINE_DAYS);
+    Millis::from(days) * SLACK_MS
+}
+
+/// What this region's record says about `tenant` from `since_ms` on. A record is filed
+/// under its request's day, at most `filed_before_ms` before it is written (see
+/// [`filed_before_ms`]). `progress` gets (records read, records to read) as it goes.
 pub async fn summarise(
     store: &RegionStore,
     tenant: &TenantId,
     since_ms: Millis,
+    filed_before_ms: Millis,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<RegionSummary, StoreError> {
     use futures::TryStreamExt;
+    // Filed by day from the first day a record written since may be filed under; then
+    // the records of the first layout, judged by when the store last wrote them.
+    let days = tenant_days_prefix(tenant);
+    let first_day = format!("{days}{}", day_of(since_ms - filed_before_ms - SLACK_MS));
+    let mut candidates: Vec<String> = store
+        .list_after(&days, first_day)
+        .map_ok(|object| object.key)
+        .try_collect()
+        .await?;
     let prefix = tenant_audit_prefix(tenant);
-    let candidates: Vec<String> = store
-        .list_all(&prefix)
+    let legacy: Vec<String> = store
+        .list_after(&prefix, after_filed_records(tenant))
         .try_filter(|object| std::future::ready(object.last_modified_ms >= since_ms - SLACK_MS))
         .map_ok(|object| object.key)
         .try_collect()
         .await?;
+    candidates.extend(legacy);
     let total = candidates.len();
     progress(0, total);
     let mut summary = RegionSummary::new(store.region().clone());

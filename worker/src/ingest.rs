@@ -48,6 +48,8 @@ pub struct Uploads {
     tenant_slots: Arc<std::sync::Mutex<BTreeMap<TenantId, Arc<Semaphore>>>>,
     /// Each tenant's limit, from the configuration.
     tenant_limits: Arc<BTreeMap<TenantId, usize>>,
+    /// Tenants with `original_retention_days`: their originals go into the day index.
+    originals_expire: Arc<std::collections::BTreeSet<TenantId>>,
     idle_timeout: Duration,
     /// What a client must keep sending, per `rate_window`.
     min_per_window: u64,
@@ -109,6 +111,14 @@ impl Uploads {
             stores,
             slots: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
             tenant_slots: Default::default(),
+            originals_expire: Arc::new(
+                config
+                    .tenants
+                    .iter()
+                    .filter(|(_, tenant)| tenant.original_retention_days.is_some())
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            ),
             tenant_limits: Arc::new(
                 config
                     .tenants
@@ -321,6 +331,14 @@ impl Uploads {
             at_ms: begun_ms,
             job: None,
         };
+        // Indexed first: an original the sweep could not find would outlive its
+        // retention. Only for tenants whose originals expire: the others' go unread.
+        if self.originals_expire.contains(&tenant) {
+            let (stores, key) = (&self.stores, [object_key]);
+            crate::rights::index::note_written(stores, &tenant, key, begun_ms, &origin)
+                .await
+                .map_err(store_failure)?;
+        }
         let store = self.stores.for_key(object_key);
         let written = store
             .put_stream(

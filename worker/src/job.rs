@@ -410,6 +410,10 @@ async fn store_outputs(
         at_ms: origin_ms(message),
         job: Some(message.job_id),
     };
+    // Indexed first: an output the sweep could not find would outlive its retention.
+    let keys = message.outputs.iter().map(|spec| spec.key.as_str());
+    crate::rights::index::note_writing(context.region.stores(), &message.tenant, keys, &origin)
+        .await?;
     let mut outputs = Vec::with_capacity(encoded.len());
     for (encoded, spec) in encoded.into_iter().zip(&message.outputs) {
         let bytes = encoded.bytes.len() as u64;

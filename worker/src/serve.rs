@@ -445,6 +445,9 @@ async fn audit_job(
     )
     .counts(result.outputs.len() as u64, written)
     .of_original(&message.source_key);
+    if let Some(submitted) = message.submitted_at_ms {
+        entry = entry.filed_at(submitted);
+    }
     entry.outcome = Some(outcome.to_string());
     region.audit.record(entry).await
 }

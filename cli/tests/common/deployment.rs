@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use locality_proto::audit::AUDIT_PREFIX;
 use locality_proto::gdpr::PurgeBatch;
 use locality_proto::gdpr::RIGHTS_PREFIX;
+use locality_proto::keys::INDEX;
 use serde_json::Value;
 
 use super::api_key;
@@ -30,10 +31,25 @@ pub trait Deployment {
     /// upload's query (`?region=&subject=&asset=`, or empty); asserts 201.
     async fn upload_with(&self, tenant: &str, key: &str, query: &str, bytes: Vec<u8>);
     /// Every object key in a region's store, the region's own records aside (its record
-    /// of processing, `.audit/`, and its account of rights, `.rights/`).
+    /// of processing, `.audit/`, its account of rights, `.rights/`, and its day index,
+    /// `TENANT/.index/`).
     async fn objects(&self, region: &str) -> Vec<String> {
         let mut keys = self.stored_keys(region).await;
-        keys.retain(|key| !key.starts_with(AUDIT_PREFIX) && !key.starts_with(RIGHTS_PREFIX));
+        keys.retain(|key| {
+            let indexed = key
+                .split_once('/')
+                .is_some_and(|(_, rest)| rest.starts_with(INDEX));
+            !key.starts_with(AUDIT_PREFIX) && !key.starts_with(RIGHTS_PREFIX) && !indexed
+        });
+        keys
+    }
+    /// The entries of a region's day index.
+    async fn index_keys(&self, region: &str) -> Vec<String> {
+        let mut keys = self.stored_keys(region).await;
+        keys.retain(|key| {
+            key.split_once('/')
+                .is_some_and(|(_, rest)| rest.starts_with(INDEX))
+        });
         keys
     }
     /// The keys of the region's record of processing.
@@ -225,7 +241,7 @@ pub async fn put_raw(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
 }
 
 /// A region's S3 endpoint and bucket; `None` when the region has no store URL.
-fn s3_bucket(config: &locality_proto::Config, region: &str) -> Option<(String, String)> {
+pub fn s3_bucket(config: &locality_proto::Config, region: &str) -> Option<(String, String)> {
     let region = &config.regions[&super::config::region(region)];
     let bucket = region.store.as_deref()?.trim_start_matches("s3://");
     Some((region.store_options["endpoint"].clone(), bucket.to_string()))

@@ -240,14 +240,24 @@ pub async fn objects_of(d: &impl Deployment, subject: &str) -> BTreeMap<String, 
     found
 }
 
-/// Every key anywhere that belongs to `subject` (the tenant's subject area).
+/// Every key anywhere that belongs to `subject` (the tenant's subject area) or names
+/// it (an entry of a region's day index: `TENANT/.index/KIND/DAY/SUBJECT/ASSET`).
 pub async fn anywhere_of(d: &impl Deployment, subject: &str) -> Vec<String> {
     let needle = format!("{TENANT}/subjects/{subject}/");
     d.everything_stored()
         .await
         .into_iter()
-        .filter(|key| key.contains(&needle))
+        .filter(|key| key.contains(&needle) || index_entry_names(key, subject))
         .collect()
+}
+
+/// Whether `key` (or a path ending in one) is a day index entry naming `subject`.
+pub fn index_entry_names(key: &str, subject: &str) -> bool {
+    let index = format!("{TENANT}/{}", locality_proto::keys::INDEX);
+    key.split_once(&index).is_some_and(|(_, entry)| {
+        let mut parts = entry.split('/');
+        parts.nth(2) == Some(subject) && parts.next().is_some()
+    })
 }
 
 fn job_envelope(subject: &str, region: &str, key: &str, outputs: Value) -> Value {
@@ -544,6 +554,17 @@ pub async fn erasure_scenario(
         &format!("{TENANT}/subjects/alice/assets/gone/original/big.jpg"),
     )
     .await;
+    // The day index names her assets in both regions until she is erased.
+    let indexed = anywhere_of(d, "alice").await;
+    for region in TENANT_REGIONS {
+        assert!(
+            d.stored_keys(region)
+                .await
+                .iter()
+                .any(|key| index_entry_names(key, "alice")),
+            "no day index entry of alice's in {region}: {indexed:?}"
+        );
+    }
     let mut before_erasure: BTreeSet<String> = objects_of(d, "alice")
         .await
         .into_values()

@@ -203,11 +203,17 @@ impl StoppableS3 {
         super::config::set_store(config, region, url, options);
     }
 
-    /// Object keys in the bucket (s3s-fs keeps its own metadata next to them).
+    /// Object keys in the bucket (s3s-fs keeps its own metadata next to them), the
+    /// region's day index (`TENANT/.index/`) aside.
     pub fn objects(&self) -> Vec<String> {
         super::files_under(&self.root.path().join(&self.bucket))
             .into_iter()
-            .filter(|f| !f.contains(".s3s"))
+            .filter(|f| {
+                let indexed = f
+                    .split_once('/')
+                    .is_some_and(|(_, rest)| rest.starts_with(locality_proto::keys::INDEX));
+                !f.contains(".s3s") && !indexed
+            })
             .collect()
     }
 }

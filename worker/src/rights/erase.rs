@@ -126,6 +126,23 @@ pub async fn run<E: EventSink>(
             return Ok(Step::More);
         }
     }
+    // The day index names the scope too (a tenant's is inside its prefix, gone above).
+    let named = match &request.scope {
+        ErasureScope::Subject { subject } => Some((subject.as_str(), None)),
+        ErasureScope::Asset { subject, asset } => Some((subject.as_str(), Some(asset.as_str()))),
+        ErasureScope::Tenant => None,
+    };
+    if let Some((subject, asset)) = named {
+        let stores = context.region.stores();
+        super::index::forget(
+            stores,
+            &request.tenant,
+            subject,
+            asset,
+            request.requested_at_ms,
+        )
+        .await?;
+    }
     match request.pass {
         ErasurePass::First => {
             journal.first_pass_done = true;
@@ -176,7 +193,11 @@ async fn judge(
 }
 
 /// Whether the erasure deletes `object`: its origin is not after the request.
-async fn doomed(store: &RegionStore, cutoff: Millis, object: &Listed) -> Result<bool, StoreError> {
+pub(super) async fn doomed(
+    store: &RegionStore,
+    cutoff: Millis,
+    object: &Listed,
+) -> Result<bool, StoreError> {
     if object.last_modified_ms <= cutoff - CLOCK_ALLOWANCE_MS {
         return Ok(true);
     }
@@ -238,7 +259,8 @@ async fn finish<E: EventSink>(
 ) -> Result<(), Failure> {
     let tenant = &request.tenant;
     let mut entry = Entry::new(AuditKind::Erased, request.erasure_id.to_string(), tenant)
-        .counts(journal.objects_deleted, journal.bytes_deleted);
+        .counts(journal.objects_deleted, journal.bytes_deleted)
+        .filed_at(request.requested_at_ms);
     (entry.scope, entry.subject, entry.asset) = match &request.scope {
         ErasureScope::Subject { subject } => (Some("subject"), Some(subject.as_str()), None),
         ErasureScope::Asset { subject, asset } => {

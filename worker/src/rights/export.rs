@@ -232,7 +232,8 @@ pub async fn run<E: EventSink>(
         ));
     }
     let mut entry = Entry::new(AuditKind::Exported, request.export_id.to_string(), tenant)
-        .counts(objects, bytes);
+        .counts(objects, bytes)
+        .filed_at(request.requested_at_ms);
     entry.subject = Some(&request.subject);
     region.audit.record(entry).await?;
     tracing::info!(export_id = %request.export_id, %tenant, objects, "export done in this region");

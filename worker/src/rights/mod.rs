@@ -5,11 +5,13 @@
 //! - [`export`]: a subject's manifest and archive, written in the region and
 //!   downloadable from it alone;
 //! - [`retention`]: the region's sweep of what has outlived its tenant's retention;
+//! - [`index`]: the day index of what the region wrote, which the sweep reads;
 //! - [`tombstone`]: the one guard every job, upload and export asks;
 //! - [`journal`]: the region's own account of an erasure.
 
 pub mod erase;
 pub mod export;
+pub mod index;
 pub mod journal;
 pub mod retention;
 pub mod tombstone;

@@ -599,6 +599,15 @@ impl RegionStore {
         listing::pages(self, prefix, None)
     }
 
+    /// Every object under `prefix` after the key `after`, a page at a time.
+    pub fn list_after<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: String,
+    ) -> impl futures::Stream<Item = Result<Listed, StoreError>> + 'a {
+        listing::pages(self, prefix, Some(after))
+    }
+
     /// Deletes `keys` (raw, odd ones too) in as few requests as the store allows (S3:
     /// 1,000 a request). Keys already gone are fine.
     pub async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
