@@ -49,6 +49,8 @@ pub enum BrokerError {
     NotConnected,
     #[error("the connection to the broker was lost")]
     ConnectionLost,
+    #[error("the broker did not confirm a message for exchange {exchange:?} within {seconds} s")]
+    Unconfirmed { exchange: String, seconds: u64 },
 }
 
 /// A channel of its own consuming `queue` with at most `prefetch` unsettled deliveries.

@@ -148,8 +148,16 @@ pub fn short(text: &str) -> ShortString {
     text.into()
 }
 
-/// Publishes and waits for the broker's confirm. `mandatory`, so a message no queue
-/// would take comes back as [`BrokerError::Unroutable`] instead of vanishing.
+/// How long a publish may wait for the broker's confirm. A quorum queue confirms once a
+/// majority of its nodes has the message: milliseconds, seconds while a leader moves.
+/// A confirm can also never come: a publish that raced the loss of its connection is
+/// neither confirmed nor failed (seen in the chaos run), and its caller would wait for
+/// ever, holding its job slot, so the session never ended and never reconnected.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Publishes and waits for the broker's confirm, at most [`CONFIRM_TIMEOUT`]. `mandatory`,
+/// so a message no queue would take comes back as [`BrokerError::Unroutable`] instead of
+/// vanishing.
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
@@ -157,19 +165,27 @@ pub async fn publish_confirmed(
     payload: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
-    let confirmation = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            payload,
-            properties,
-        )
-        .await?
-        .await?;
+    let confirmed = async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                payload,
+                properties,
+            )
+            .await?
+            .await
+    };
+    let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
+        .await
+        .map_err(|_| BrokerError::Unconfirmed {
+            exchange: exchange.to_string(),
+            seconds: CONFIRM_TIMEOUT.as_secs(),
+        })??;
     let describe = || (exchange.to_string(), routing_key.to_string());
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
