@@ -8,20 +8,13 @@ cd "$(dirname "$0")/.."
 scripts/build-deps.sh
 STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/locality-test.XXXXXX")
 trap 'scripts/services-down.sh "$STATE_DIR"; rm -rf "$STATE_DIR"' EXIT
-# s3s-fs (persists to disk, checks credentials) for the test that stops and restarts
-# an S3 server mid-run; the tests start it themselves.
-S3S_ROOT=${LOCALITY_TEST_S3S_ROOT:-$HOME/.cache/locality/s3s}
-if [ ! -x "$S3S_ROOT/bin/s3s-fs" ]; then
-  echo "[test] cargo install s3s-fs into $S3S_ROOT (a few minutes, once)" >&2
-  # Not linted: CI's clippy wrapper (see .ci/run) is for this workspace's crates.
-  env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
-    cargo install s3s-fs@0.14.1 --features binary --locked --root "$S3S_ROOT" >&2
-fi
-export LOCALITY_TEST_S3S_FS="$S3S_ROOT/bin/s3s-fs"
-eval "$(scripts/s3-up.sh "$STATE_DIR")"
-eval "$(scripts/rabbitmq-up.sh "$STATE_DIR")"
-eval "$(scripts/postgres-up.sh "$STATE_DIR")"
+SERVICES=$(scripts/services-up.sh "$STATE_DIR")
+eval "$SERVICES"
 cargo test --workspace --all-targets "$@"
+# The chaos run (cli/tests/chaos.rs; `test = false`, so only here): 300 jobs across
+# faults, on the services above; fails on any lost, duplicate, stray or cross-region
+# count.
+scripts/chaos.sh --jobs 300
 # The deployment files: Kubernetes overlays (schemas, region pinning, no secrets) and
 # the Dockerfile; uses the binary the tests just built.
 scripts/check-k8s.sh target/debug/locality

@@ -160,11 +160,31 @@ impl Cluster {
 
     /// Starts (or restarts) the worker of `region` and waits until it consumes.
     pub async fn start_worker(&mut self, region: &str) {
+        let config_path = self.config_path.clone();
+        self.start_worker_with(region, &config_path).await;
+    }
+
+    /// Starts the worker of `region` reaching its broker at `amqp_url` alone (a proxy,
+    /// say), while every other process keeps the configured one.
+    pub async fn start_worker_via(&mut self, region: &str, amqp_url: String) {
+        let mut config = self.config.clone();
+        config
+            .regions
+            .get_mut(&super::config::region(region))
+            .unwrap()
+            .amqp_url = Some(amqp_url);
+        let dir = self.dir.path().join(format!("worker-{region}-config"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = super::config::write(&config, &dir);
+        self.start_worker_with(region, &path).await;
+    }
+
+    async fn start_worker_with(&mut self, region: &str, config_path: &std::path::Path) {
         let attempt = self.workers.len() + self.old_logs.len();
         let mut command = Command::new(env!("CARGO_BIN_EXE_locality"));
         command
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config_path)
             .args([
                 "worker",
                 "--demo",

@@ -52,3 +52,17 @@ pub async fn stored_message(database_url: &str, job_id: &str) -> Vec<u8> {
         .unwrap();
     message.into_bytes()
 }
+
+/// Rows inserted, updated and deleted in a database, and its committed transactions, as
+/// PostgreSQL counts them (`pg_stat_database`, flushed within a second or so).
+pub async fn writes(url: &str) -> [i64; 4] {
+    let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+    let row: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT tup_inserted, tup_updated, tup_deleted, xact_commit FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    [row.0, row.1, row.2, row.3]
+}

@@ -29,6 +29,8 @@ pub struct Seen {
     pub correlation_id: Option<String>,
     /// The broker redelivered it to the listener (after a reconnect): not a new result.
     pub redelivered: bool,
+    /// When the listener received it.
+    pub at: Instant,
 }
 
 pub struct ResultsListener {
@@ -144,6 +146,13 @@ async fn bind_results_queue(url: &str) -> Result<lapin::Connection, String> {
         )
         .await
         .map_err(|e| e.to_string())?;
+    // A quorum queue, as Locality's own: a classic queue lives on one node, and results
+    // published while that node is down would be dropped.
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(
             TEST_RESULTS_QUEUE.into(),
@@ -151,7 +160,7 @@ async fn bind_results_queue(url: &str) -> Result<lapin::Connection, String> {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -212,6 +221,7 @@ async fn listen(
                 .as_ref()
                 .map(|c| c.to_string()),
             redelivered: delivery.redelivered,
+            at: Instant::now(),
         });
         delivery
             .ack(BasicAckOptions::default())
