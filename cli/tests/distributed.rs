@@ -1062,3 +1062,52 @@ async fn a_regions_broker_outage_holds_up_only_that_region_and_loses_nothing() {
         assert!(per_job.values().all(|n| *n == 1), "{per_job:?}");
     }
 }
+
+/// A publish whose confirm never comes (the broker never sees it: everything the client
+/// sends is held back by a proxy while the connection stays open, as when a publish
+/// races the loss of its connection) fails once `CONFIRM_TIMEOUT` has passed, instead of
+/// holding its caller, and the job slot it runs in, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_confirm_never_comes_fails_after_the_confirm_timeout() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    use locality_broker::publish::{confirm_channel, publish_confirmed, CONFIRM_TIMEOUT};
+    use locality_broker::BrokerError;
+
+    let broker = Broker::from_env();
+    let proxy = common::proxy::Proxy::start(&format!("127.0.0.1:{}", broker.port)).await;
+    let url = broker.url_through("scheduler", proxy.port);
+    let connection = locality_broker::connect(&url, "test-confirms")
+        .await
+        .unwrap();
+    let channel = confirm_channel(&connection).await.unwrap();
+    let queue = format!("test.confirms.{}", uuid::Uuid::new_v4());
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    publish_confirmed(&channel, "", &queue, b"first", BasicProperties::default())
+        .await
+        .expect("confirmed while the link is fine");
+
+    proxy.set_latency(Duration::from_secs(3600));
+    let started = Instant::now();
+    let held = publish_confirmed(&channel, "", &queue, b"held", BasicProperties::default()).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(held, Err(BrokerError::Unconfirmed { .. })),
+        "{held:?}"
+    );
+    assert!(
+        waited >= CONFIRM_TIMEOUT && waited < CONFIRM_TIMEOUT + Duration::from_secs(15),
+        "gave up after {waited:?}"
+    );
+    assert!(
+        connection.status().connected(),
+        "the connection itself never failed: only the timeout could end the wait"
+    );
+}
