@@ -56,7 +56,7 @@ def seed(directory, count, kind, label, days_ago=2, asset="a"):
     # recorded origin only of objects written close to its request.
     written = time.time() - days_ago * 86400
     day = datetime.datetime.fromtimestamp(written, datetime.timezone.utc).strftime("%Y-%m-%d")
-    for n, key in enumerate(keys(count, kind, asset), 1):
+    for n, key in enumerate(keys(count, kind, asset)):
         path = pathlib.Path(directory) / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(BODY)
@@ -66,8 +66,8 @@ def seed(directory, count, kind, label, days_ago=2, asset="a"):
             entry.parent.mkdir(parents=True, exist_ok=True)
             entry.write_bytes(b"")
             os.utime(entry, (written, written))
-        if n % 10000 == 0 or n == count:
-            progress(f"seed {label}", n, count, started)
+        if (n + 1) % 10000 == 0 or n + 1 == count:
+            progress(f"seed {label}", n + 1, count, started)
 
 
 def vm_hwm_kib(pid):
@@ -246,8 +246,16 @@ def run_sweep(args, store, count, work_dir, env, s3, broker_env, kept):
             [args.bin, "--config", str(ROOT / "config/locality.example.toml"), "sweep",
              "--region", "eu", "--as-of", as_of, "--json"],
             stdout=out, env=env)
-        # wait4: the peak memory of this process alone (ru_maxrss, KiB on Linux).
-        _, status, usage = os.wait4(process.pid, 0)
+        # The peak memory of the sweep alone: VmHWM, polled until it exits. (wait4's
+        # ru_maxrss would count the forked copy of this Python process before exec.)
+        peak_kib = 0
+        while process.poll() is None:
+            try:
+                peak_kib = max(peak_kib, vm_hwm_kib(process.pid))
+            except (OSError, ValueError, RuntimeError):
+                pass
+            time.sleep(0.05)
+        status = process.returncode
     seconds = time.monotonic() - started
     text = report_path.read_text().strip()
     report = json.loads(text.splitlines()[-1]) if text else {}
@@ -255,9 +263,9 @@ def run_sweep(args, store, count, work_dir, env, s3, broker_env, kept):
     figure = {
         "operation": f"sweep {store}", "store": store, "objects": count, "kept": kept,
         "index_entries": report.get("index_entries"), "seconds": round(seconds, 1), "objects_per_s": round(count / seconds),
-        "exit": os.waitstatus_to_exitcode(status), "deleted": report.get("deleted"),
+        "exit": status, "deleted": report.get("deleted"),
         "examined": report.get("examined"), "requests": counts,
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
     }
     if counts:
         deletes = counts.get("DeleteObjects", 0) + counts.get("DELETE", 0)

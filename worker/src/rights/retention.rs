@@ -52,7 +52,7 @@ const DAY_MS: Millis = 86_400_000;
 /// Keys per purge announcement.
 const ANNOUNCED_TOGETHER: usize = 100;
 /// Assets of the day index listed at once.
-const ASSETS_AT_ONCE: usize = 16;
+const ASSETS_AT_ONCE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
