@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rights operations at scale (benches/rights_scale.py): erase, export and sweep a subject
-# holding N objects on a real S3 server (s3s-fs) and on local disk; peak memory, objects/s
+# holding N objects on a real S3 server (s3s-fs, with benches/s3s-fs/ordered-listing.patch
+# so that a page of a listing costs a page, as on S3) and on local disk; peak memory, objects/s
 # and store requests per run, a JSON line at the end. Starts its own S3 server and
 # RabbitMQ broker on loopback and stops them. Uses the release binary (built if missing).
 #
@@ -14,4 +15,6 @@ VENV=${LOCALITY_TEST_VENV:-$HOME/.cache/locality/test-venv}
 if [ ! -x "$VENV/bin/python" ]; then
   STATE=$(mktemp -d); scripts/s3-up.sh "$STATE" > /dev/null; scripts/services-down.sh "$STATE"; rm -rf "$STATE"
 fi
-exec "$VENV/bin/python" benches/rights_scale.py "$@"
+S3S_ORDERED=${LOCALITY_BENCH_S3S_ROOT:-$HOME/.cache/locality/s3s-ordered}
+benches/s3s-fs/install.sh "$S3S_ORDERED"
+LOCALITY_BENCH_S3S_FS="$S3S_ORDERED/bin/s3s-fs" exec "$VENV/bin/python" benches/rights_scale.py "$@"

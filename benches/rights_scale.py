@@ -1,5 +1,6 @@
 """Rights operations at scale: erase, export and sweep a subject holding N objects, on a
-real S3 server (s3s-fs, an S3 implementation over a directory, started here) and on
+real S3 server (s3s-fs, an S3 implementation over a directory, started here; patched so
+a listing's page costs one page: benches/s3s-fs/ordered-listing.patch) and on
 local disk, each under a fresh `locality up`
 (the sweep: `locality sweep`, which takes the region's sweep lock on RabbitMQ, started
 here too). For each run it prints objects/s, the peak memory of the process doing the
@@ -275,11 +276,11 @@ def run_sweep(args, store, count, work_dir, env, s3, broker_env, kept):
 
 
 def start_s3s(state):
-    """s3s-fs on a free loopback port (scripts/test.sh installs it), with request logging."""
+    """s3s-fs with the ordered listing (benches/rights-scale.sh builds it) on a free
+    loopback port, with request logging."""
     import socket
 
-    binary = os.environ.get("LOCALITY_TEST_S3S_FS",
-                            str(pathlib.Path.home() / ".cache/locality/s3s/bin/s3s-fs"))
+    binary = os.environ["LOCALITY_BENCH_S3S_FS"]
     root = state / "s3s"
     root.mkdir()
     with socket.socket() as probe:
