@@ -13,7 +13,7 @@ use locality_proto::keys::{index_entry, index_prefix, is_day, IndexedKind};
 use locality_proto::time::{now_millis, Millis};
 use locality_proto::TenantId;
 
-use crate::store::{Origin, RegionStores, StoreError};
+use crate::store::{Origin, RegionStores, StoreError, PAGE};
 
 /// Writes the entries standing for `keys` of `tenant`, about to be written at `at_ms`
 /// with `origin` (as the objects are: an erasure judges an entry as it judges them).
@@ -56,8 +56,9 @@ const AFTER_EVERY_NAME: &str = "~";
 /// Deletes the entries of `tenant`'s index naming `subject` (only those of `asset`,
 /// when given) whose origin is not after `before_ms`, the erasure's request: it forgets
 /// them like the objects they stood for (a job begun before it and still writing
-/// included), and keeps those written for what came after it. Returns how many.
-/// Reads two listings per day the index holds, never the entries of other subjects.
+/// included, even past midnight: days up to today are read), and keeps those written
+/// for what came after it. Returns how many. Reads two listings per day the index
+/// holds, never the entries of other subjects, and holds at most a page of keys.
 pub async fn forget(
     stores: &RegionStores,
     tenant: &TenantId,
@@ -65,7 +66,7 @@ pub async fn forget(
     asset: Option<&str>,
     before_ms: Millis,
 ) -> Result<u64, StoreError> {
-    let last_day = day_of(before_ms);
+    let last_day = day_of(before_ms.max(now_millis()));
     let mut forgotten = 0;
     for kind in IndexedKind::ALL {
         let prefix = index_prefix(tenant, kind);
@@ -92,6 +93,11 @@ pub async fn forget(
                 if in_scope && super::erase::doomed(index, before_ms, &entry).await? {
                     old.push(entry.key);
                 }
+                if old.len() == PAGE {
+                    index.delete_many(&old).await?;
+                    forgotten += old.len() as u64;
+                    old.clear();
+                }
             }
             index.delete_many(&old).await?;
             forgotten += old.len() as u64;
@@ -99,4 +105,70 @@ pub async fn forget(
         }
     }
     Ok(forgotten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use locality_proto::RegionId;
+
+    const DAY_MS: Millis = 86_400_000;
+
+    #[tokio::test]
+    async fn forgetting_reads_the_days_after_the_request_and_deletes_more_than_a_page() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = crate::store::RegionStore::from_url(
+            RegionId::new("eu").unwrap(),
+            &format!("file://{}", directory.path().display()),
+            &Default::default(),
+        )
+        .unwrap();
+        let stores = RegionStores::single(store);
+        let tenant = TenantId::new("acme").unwrap();
+        let requested_ms = now_millis() - DAY_MS;
+        let output = |asset: usize| format!("acme/subjects/alice/assets/a{asset:05}/outputs/t.jpg");
+        // Jobs begun before the request that wrote after midnight: their entries fall on
+        // a day after the request's, and must go like the objects.
+        let begun_before = Origin {
+            at_ms: requested_ms - 60_000,
+            job: None,
+        };
+        let doomed: Vec<String> = (0..PAGE + 1).map(output).collect();
+        note_written(
+            &stores,
+            &tenant,
+            doomed.iter().map(String::as_str),
+            now_millis(),
+            &begun_before,
+        )
+        .await
+        .unwrap();
+        let after = Origin {
+            at_ms: requested_ms + 60_000,
+            job: None,
+        };
+        let kept = output(PAGE + 1);
+        note_written(&stores, &tenant, [kept.as_str()], now_millis(), &after)
+            .await
+            .unwrap();
+
+        let forgotten = forget(&stores, &tenant, "alice", None, requested_ms)
+            .await
+            .unwrap();
+
+        assert_eq!(forgotten, PAGE as u64 + 1);
+        let prefix = index_prefix(&tenant, IndexedKind::ALL[0]);
+        let left: Vec<String> = stores
+            .own()
+            .list_all(&prefix)
+            .map(|listed| listed.unwrap().key)
+            .collect()
+            .await;
+        let today = day_of(now_millis());
+        assert_eq!(
+            left,
+            vec![format!("{prefix}{today}/alice/a{:05}", PAGE + 1)],
+            "only the entry of the job begun after the request is left"
+        );
+    }
 }
