@@ -471,3 +471,115 @@ async fn a_job_of_three_outputs_makes_seven_store_requests_with_one_tombstone_re
         job_requests.len()
     );
 }
+
+/// An export that runs several times `rights.quiet_after_seconds` (every store request
+/// held back, as on a slow store) reports how far it has got while it runs, so the
+/// control plane never takes it for a region gone quiet and sends it again: every
+/// object is read once, by one export, and its view shows counts before it is done.
+#[tokio::test]
+async fn an_export_running_past_quiet_after_seconds_shows_its_progress_and_runs_once() {
+    use common::proxy::Proxy;
+    use futures::StreamExt;
+    use locality_proto::keys::subject_prefix;
+    use locality_proto::TenantId;
+    use std::time::{Duration, Instant};
+
+    const OBJECTS: usize = 200;
+    const QUIET_AFTER_SECONDS: u64 = 2;
+    let (mut config, buckets) = config_on_s3().await;
+    config.rights.quiet_after_seconds = QUIET_AFTER_SECONDS;
+    let (endpoint, bucket) = (buckets.endpoint("eu"), buckets.bucket("eu"));
+    let direct = RegionStore::from_url(
+        RegionId::new("eu").unwrap(),
+        &format!("s3://{bucket}"),
+        &s3_options(endpoint, "key-eu"),
+    )
+    .unwrap();
+    let prefix = subject_prefix(&TenantId::new("demo-eu").unwrap(), Some("alice"));
+    let keys: Vec<String> = (0..OBJECTS)
+        .map(|n| format!("{prefix}assets/a{n:03}/original/photo-{n:03}.jpg"))
+        .collect();
+    futures::stream::iter(keys.clone())
+        .map(|key| {
+            let store = direct.clone();
+            async move { store.put(&key, vec![7u8; 1024].into()).await.unwrap() }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+
+    let proxy = Proxy::logging(endpoint.trim_start_matches("http://")).await;
+    common::config::set_s3_store(
+        &mut config,
+        "eu",
+        &format!("http://127.0.0.1:{}", proxy.port),
+        bucket,
+    );
+    let embedded = Embedded::start_with(config);
+    let key = common::api_key("demo-eu");
+    proxy.take_requests();
+    proxy.set_latency(Duration::from_millis(250));
+    let started = Instant::now();
+    let accepted: serde_json::Value = embedded
+        .http
+        .post(format!("{}/v1/subjects/alice/exports", embedded.base_url))
+        .bearer_auth(&key)
+        .json(&json!({ "archive": true }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = format!("/v1/exports/{}", accepted["export_id"].as_str().unwrap());
+    let mut counts_while_running = Vec::new();
+    let view = loop {
+        let view: serde_json::Value = embedded
+            .http
+            .get(format!("{}{path}", embedded.base_url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["status"] == "done" {
+            break view;
+        }
+        counts_while_running.push(view["regions"]["eu"]["objects"].as_u64().unwrap_or(0));
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the export never finished: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let took = started.elapsed();
+    // The condition of the fault: the export outlived the quiet time several times over.
+    assert!(
+        took > Duration::from_secs(3 * QUIET_AFTER_SECONDS),
+        "the export took only {took:?}: the store was not slow enough to test this"
+    );
+    assert_eq!(view["regions"]["eu"]["objects"], OBJECTS as u64, "{view}");
+    let requests = proxy.take_requests();
+    for key in &keys {
+        let reads = requests
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.split('?').next().unwrap().ends_with(key))
+            .count();
+        assert_eq!(
+            reads, 1,
+            "{key} read {reads} times: exported more than once"
+        );
+    }
+    assert!(
+        counts_while_running
+            .iter()
+            .any(|&n| n > 0 && n < OBJECTS as u64),
+        "no progress shown while it ran: {counts_while_running:?}"
+    );
+    eprintln!(
+        "export of {OBJECTS} objects through a slow store: {took:?}, {} store requests, counts while running {counts_while_running:?}",
+        requests.len()
+    );
+}

@@ -461,6 +461,19 @@ pub struct ErasureProgress {
     pub pass_done: bool,
 }
 
+/// How far a region has got with an export: sent while it runs, so the control plane
+/// shows progress and does not take a long export for a region gone quiet (and send it
+/// again, to run twice at once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportProgress {
+    pub export_id: Uuid,
+    pub tenant: TenantId,
+    pub region: RegionId,
+    /// Objects and bytes listed so far.
+    pub objects: u64,
+    pub bytes: u64,
+}
+
 /// A region could not do its part of a request (yet): the control plane shows the part
 /// as failed with the code and reason, and sends it again until its deadline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -172,6 +172,8 @@ pub enum WorkerEvent {
     Erasing(crate::gdpr::ErasureProgress),
     /// The region's signed receipt of its part of an erasure.
     Erased(crate::gdpr::ErasureReceipt),
+    /// How far an export has got in the region.
+    Exporting(crate::gdpr::ExportProgress),
     /// The region's part of an export.
     Exported(crate::gdpr::ExportReport),
     /// The region could not do its part of a request (yet).
@@ -187,6 +189,7 @@ impl WorkerEvent {
             WorkerEvent::Purged(batch) => (&batch.tenant, &batch.region),
             WorkerEvent::Erasing(progress) => (&progress.tenant, &progress.region),
             WorkerEvent::Erased(receipt) => (&receipt.tenant, &receipt.region),
+            WorkerEvent::Exporting(progress) => (&progress.tenant, &progress.region),
             WorkerEvent::Exported(report) => (&report.tenant, &report.region),
             WorkerEvent::RequestFailed(failure) => (&failure.tenant, &failure.region),
         }

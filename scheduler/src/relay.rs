@@ -104,6 +104,7 @@ impl Control {
             WorkerEvent::Purged(batch) => self.relay_purge(batch).await,
             WorkerEvent::Erasing(progress) => self.record_progress(progress).await,
             WorkerEvent::Erased(receipt) => self.record_receipt(receipt).await,
+            WorkerEvent::Exporting(progress) => self.record_export_progress(progress).await,
             WorkerEvent::Exported(report) => self.record_export(report).await,
             WorkerEvent::RequestFailed(failure) => self.record_failure(failure).await,
         }

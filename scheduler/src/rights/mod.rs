@@ -24,8 +24,8 @@ mod views;
 use std::time::Duration;
 
 use locality_proto::gdpr::{
-    EraseRequest, ErasurePass, ErasureProgress, ErasureReceipt, ErasureScope, ExportReport,
-    ExportRequest, RegionRequest, RequestFailure,
+    EraseRequest, ErasurePass, ErasureProgress, ErasureReceipt, ErasureScope, ExportProgress,
+    ExportReport, ExportRequest, RegionRequest, RequestFailure,
 };
 use locality_proto::ids::check_name;
 use locality_proto::{ErrorCode, Refusal, RegionId, TenantId};
@@ -330,6 +330,24 @@ impl Control {
                 .await?;
             tracing::info!(erasure_id = %receipt.erasure_id, job_records = forgotten, "erasure done everywhere; the control store forgot what named it");
         }
+        Ok(())
+    }
+
+    /// Records how far a region has got with its part of an export: its counts so far,
+    /// and that it is alive.
+    pub(crate) async fn record_export_progress(
+        &self,
+        progress: &ExportProgress,
+    ) -> Result<(), RelayError> {
+        self.store
+            .record_request_progress(
+                &progress.export_id,
+                &progress.region,
+                (progress.objects, progress.bytes, 0),
+                false,
+                now_millis(),
+            )
+            .await?;
         Ok(())
     }
 

@@ -47,6 +47,9 @@ pub struct RightsContext {
     pub tombstones: Tombstones,
     /// This process, as the runner of an erasure (`HOST:PID`).
     runner: String,
+    /// How often a long export reports how far it has got: well inside
+    /// `rights.quiet_after_seconds`, after which the control plane sends it again.
+    progress_every: std::time::Duration,
 }
 
 impl RightsContext {
@@ -69,12 +72,20 @@ impl RightsContext {
             region,
             receipt_key,
             download_key,
+            progress_every: progress_every(config.rights.quiet_after_seconds),
         })
     }
 
     pub fn region(&self) -> &RegionContext {
         &self.region
     }
+}
+
+/// A quarter of the quiet time, so three reports can be lost before a part looks quiet;
+/// at most every 10 s.
+fn progress_every(quiet_after_seconds: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(quiet_after_seconds.saturating_mul(250))
+        .min(std::time::Duration::from_secs(10))
 }
 
 /// What one delivery of a request came to.
