@@ -104,13 +104,27 @@ fn production_commands_need_a_configuration_of_their_own() {
 }
 
 #[test]
-fn print_config_shows_no_secret() {
+fn print_config_shows_no_secret_url_password_or_webhook_url() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config::example();
     config.scheduler.pseudonymisation_key = "pseudonym-s3cret".into();
     config.scheduler.amqp_url = Some("amqp://scheduler:broker-s3cret@rabbit:5672/scheduler".into());
     config.scheduler.database_url = Some("postgres://locality:db-s3cret@pg/locality".into());
     common::config::set_s3_store(&mut config, "eu", "https://s3.example.com", "images-eu");
+    config
+        .regions
+        .get_mut(&common::config::region("ca"))
+        .unwrap()
+        .store_options
+        .insert(
+            "endpoint".into(),
+            "https://minio:endpoint-s3cret@s3.ca.example.com".into(),
+        );
+    common::config::add_tenant(&mut config, "hooked", &["eu"]).webhook =
+        Some(locality_proto::config::Webhook {
+            url: "https://hooks.example.com/services/T0/B0/path-s3cret?token=query-s3cret".into(),
+            secret: "webhook-signing-s3cret".into(),
+        });
     let path = common::config::write(&config, dir.path());
     let output = run_briefly(
         locality()
@@ -125,6 +139,11 @@ fn print_config_shows_no_secret() {
     assert!(output.status.success());
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(printed.contains("[regions.eu]") && printed.contains("images-eu"));
+    // What is not secret stays, to tell one setting from another.
+    assert!(
+        printed.contains("https://hooks.example.com/***") && printed.contains("s3.ca.example.com"),
+        "{printed}"
+    );
     for secret in ["s3cret", "key-eu-secret"] {
         assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
     }

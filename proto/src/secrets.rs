@@ -52,10 +52,22 @@ pub fn redact_url(text: &str) -> String {
         .join(",")
 }
 
+/// A webhook URL as printed: its origin only, since receivers put their token in the
+/// path or query (`https://hooks.example.com/services/T0/B0/TOKEN`).
+pub fn redact_webhook_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(url) if url.has_host() => format!("{}/{REDACTED}", url.origin().ascii_serialization()),
+        _ => REDACTED.to_string(),
+    }
+}
+
 fn redact_options(options: &mut std::collections::BTreeMap<String, String>) {
     for (name, value) in options.iter_mut() {
         if is_secret_option(name) {
             *value = REDACTED.to_string();
+        } else {
+            // An endpoint may carry a user and password.
+            *value = redact_url(value);
         }
     }
 }
@@ -65,8 +77,9 @@ fn strip_secret_options(options: &mut std::collections::BTreeMap<String, String>
 }
 
 impl Config {
-    /// A copy with every secret replaced by `***`: keys, passwords in URLs, secret
-    /// store options.
+    /// A copy with every secret replaced by `***`: keys, passwords in URLs (brokers,
+    /// databases, store endpoints), secret store options, webhook secrets and the
+    /// path and query of webhook URLs.
     pub fn redacted(&self) -> Config {
         let mut config = self.clone();
         config.scheduler.pseudonymisation_key = REDACTED.to_string();
@@ -100,6 +113,7 @@ impl Config {
             }
             if let Some(webhook) = &mut tenant.webhook {
                 webhook.secret = REDACTED.to_string();
+                webhook.url = redact_webhook_url(&webhook.url);
             }
         }
         config
