@@ -1,16 +1,21 @@
+# syntax=docker/dockerfile:1
 # The `locality` binary in a small non-root image: every command (up, scheduler,
 # worker, erase, ...) is `docker run IMAGE COMMAND`. Build: `docker build -t locality:0.1.0 .`
-FROM rust:1.95-slim-bookworm AS build
+# (BuildKit: the crate registry and target directory are cache mounts, so a rebuild
+# after a source change compiles Locality's crates, not its dependencies.)
+FROM rust:1.95-slim-trixie AS build
 # cmake and nasm build the bundled libjpeg-turbo with its SIMD code.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake make nasm \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p locality \
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p locality \
  && cp target/release/locality /usr/local/bin/locality
 
-FROM debian:bookworm-slim
+FROM debian:trixie-slim
 # CA roots for the brokers' and stores' TLS; a user with no shell and no home.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \

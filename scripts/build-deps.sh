@@ -4,6 +4,18 @@
 # its SIMD code), curl and python3-venv (the test services' scripts). Idempotent;
 # uses apt-get.
 set -euo pipefail
+# rust-toolchain.toml pins Rust 1.95.0. Where rustup's stable toolchain already is that
+# release (installed without network, say), it serves under the pinned name instead of
+# being downloaded again; anywhere else rustup fetches the pinned toolchain itself.
+pinned=$(sed -n 's/^channel = "\(.*\)"/\1/p' "$(dirname "$0")/../rust-toolchain.toml")
+if command -v rustup >/dev/null && ! rustup toolchain list | grep -q "^$pinned-"; then
+  stable=$(rustc +stable --print sysroot 2>/dev/null || true)
+  if [ -n "$stable" ] && "$stable/bin/rustc" --version | grep -q "^rustc $pinned "; then
+    host=$(basename "$stable" | sed 's/^stable-//')
+    echo "[build-deps] Rust $pinned is the stable toolchain here: using it as $pinned-$host" >&2
+    ln -s "$stable" "$(dirname "$stable")/$pinned-$host"
+  fi
+fi
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
