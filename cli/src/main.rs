@@ -1,10 +1,16 @@
 //! `locality`: region-pinned image processing.
 //!
 //! main stays thin: parse flags, load config, hand over to the chosen mode.
+//!
+//! Exit codes: 0 done; 1 the command ran and its answer is a failure ([`Failed`]: a
+//! check found discrepancies, a receipt does not verify, part of a sweep failed); 2 it
+//! could not run (flags, config, a service out of reach).
 
+mod api;
 mod config;
 mod distributed;
 mod embedded;
+mod jobs;
 mod progress;
 mod report;
 mod rights;
@@ -63,6 +69,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The command ran to its end and its answer is a failure (exit 1, not 2).
+#[derive(Debug)]
+pub struct Failed(pub String);
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failed {}
+
 #[derive(Subcommand)]
 enum Command {
     /// Embedded all-in-one: the scheduler plus one worker per configured region in one
@@ -95,13 +113,39 @@ enum Command {
     /// Print the resolved configuration (defaults, file and environment merged) as TOML,
     /// with every secret replaced by ***.
     PrintConfig,
+    /// Upload an image and submit its job through a running scheduler; with --wait,
+    /// follow it and print its result.
+    Submit(jobs::SubmitArgs),
+    /// A tenant's jobs through a running scheduler: `jobs list`, `jobs get ID`.
+    Jobs(jobs::JobsArgs),
+    /// Print a shell completion script: `locality completions bash > /etc/bash_completion.d/locality`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `locality man > locality.1 && man ./locality.1`.
+    Man,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    let outcome = run(Cli::parse());
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            let ran = error.downcast_ref::<Failed>().is_some();
+            std::process::ExitCode::from(if ran { 1 } else { 2 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     init_logging(cli.log_format);
     locality_http::install_tls_provider();
     let path = cli.config.as_deref();
+    if matches!(cli.command, Command::Up(_) | Command::Worker(_)) {
+        locality_worker::pipeline::check_cpu()?;
+    }
     match cli.command {
         Command::Up(args) => embedded::run(config::load(path, Source::FileOrExample)?, args),
         Command::Scheduler(args) => {
@@ -129,6 +173,18 @@ fn main() -> Result<()> {
         Command::Keygen(args) => rights::keygen(args),
         Command::Sweep(args) => sweep::run(config::load(path, Source::FileOrEnvironment)?, args),
         Command::Report(args) => report::run(config::load(path, Source::FileOrExample)?, args),
+        Command::Submit(args) => jobs::submit(args),
+        Command::Jobs(args) => jobs::jobs(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "locality", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::PrintConfig => {
             let config = config::load(path, Source::FileOrExample)?;
             print!("{}", toml::to_string_pretty(&config.redacted())?);
@@ -208,4 +264,16 @@ fn image_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>> {
         .build()
         .context("starting the image thread pool")?;
     Ok(std::sync::Arc::new(pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command's arguments only when that command is parsed; this
+    /// checks every subcommand's at once (a misnamed `required_unless` panics here).
+    #[test]
+    fn every_subcommands_arguments_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -212,10 +212,11 @@ fn residency(config: Config, args: ResidencyArgs) -> Result<()> {
         print_table(&report);
     }
     if !report.cross_check.ok {
-        bail!(
+        return Err(crate::Failed(format!(
             "the cross-check failed: {} discrepancies between the regions' records and the control plane",
             report.cross_check.discrepancies.len()
-        );
+        ))
+        .into());
     }
     Ok(())
 }

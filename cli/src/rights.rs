@@ -15,19 +15,10 @@ use locality_proto::Config;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use crate::api::{Api, ApiArgs};
 use crate::progress::RegionProgress;
 
 const POLL: Duration = Duration::from_millis(500);
-
-#[derive(clap::Args)]
-pub struct ApiArgs {
-    /// The scheduler's URL.
-    #[arg(long, env = "LOCALITY_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// A tenant's API key (the operators' key for `erase tenant`).
-    #[arg(long, env = "LOCALITY_API_KEY", hide_env_values = true)]
-    api_key: String,
-}
 
 #[derive(clap::Args)]
 pub struct EraseArgs {
@@ -92,47 +83,6 @@ pub struct KeygenArgs {
     /// The region the keys are for.
     #[arg(long)]
     region: String,
-}
-
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    api_key: String,
-}
-
-impl Api {
-    fn new(args: &ApiArgs) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Self {
-            http,
-            url: args.url.trim_end_matches('/').to_string(),
-            api_key: args.api_key.clone(),
-        })
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
-        let response = request
-            .bearer_auth(&self.api_key)
-            .send()
-            .await
-            .with_context(|| format!("reaching the scheduler at {}", self.url))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let code = body["error"]["code"].as_str().unwrap_or("");
-            let message = body["error"]["message"].as_str().unwrap_or("");
-            bail!("the scheduler answered {status}: {code}: {message}");
-        }
-        Ok(body)
-    }
-
-    async fn get(&self, path: &str) -> Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.url)))
-            .await
-    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -459,7 +409,11 @@ pub fn verify_receipt(args: VerifyArgs, config: Option<&Config>) -> Result<()> {
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} receipts do not verify", receipts.len());
+        return Err(crate::Failed(format!(
+            "{failed} of {} receipts do not verify",
+            receipts.len()
+        ))
+        .into());
     }
     Ok(())
 }

@@ -123,10 +123,11 @@ pub fn run(config: Config, args: SweepArgs) -> Result<()> {
             eprintln!("tenant {}: its part of the sweep failed: {}", failure.tenant, failure.error);
         }
         if !report.failed.is_empty() {
-            anyhow::bail!(
+            return Err(crate::Failed(format!(
                 "the sweep of {} of the region's tenants failed; the others were swept",
                 report.failed.len()
-            );
+            ))
+            .into());
         }
         Ok::<_, anyhow::Error>(())
     })

@@ -501,3 +501,120 @@ async fn a_source_key_of_the_longest_allowed_length_uploads_and_its_job_succeeds
         assert_eq!(body["error"]["code"], "invalid_field", "{body}");
     }
 }
+
+#[tokio::test]
+async fn locality_submit_runs_the_quick_starts_job_in_one_command_and_jobs_list_and_get_show_it() {
+    let embedded = Embedded::start();
+    let photo = fixture("photos/recurser_Landscape_6.jpg");
+    let mut args = vec![
+        "--key",
+        "holiday/beach.jpg",
+        "--subject",
+        "user-42",
+        "--wait",
+    ];
+    args.extend(common::QUICK_START_OUTPUTS);
+    let submitted = common::locality_submit(&embedded.base_url, "demo-eu", &photo, &args);
+    let stderr = String::from_utf8_lossy(&submitted.stderr);
+    assert_eq!(submitted.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("succeeded after"),
+        "no progress line: {stderr}"
+    );
+    let job: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["subject"], "user-42", "{job}");
+    let outputs = job["outputs"].as_array().unwrap();
+    let sizes: Vec<(String, (u32, u32))> = outputs
+        .iter()
+        .map(|output| {
+            assert_eq!(output["region"], "eu", "{output}");
+            let format = output["format"].as_str().unwrap();
+            (
+                format.to_string(),
+                decoded_size(&read_output(&embedded, output), format),
+            )
+        })
+        .collect();
+    assert_eq!(sizes.len(), 3, "{job}");
+    assert!(
+        sizes.contains(&("webp".to_string(), (400, 300))),
+        "{sizes:?}"
+    );
+    assert!(
+        sizes.iter().any(|(format, _)| format == "avif"),
+        "{sizes:?}"
+    );
+    let original = embedded
+        .region_dir("eu")
+        .join("demo-eu/subjects/user-42/assets");
+    let stored: Vec<String> = files_under(&original)
+        .into_iter()
+        .filter(|path| path.ends_with("original/holiday/beach.jpg"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{:?}", files_under(&original));
+    assert_eq!(
+        std::fs::read(original.join(&stored[0])).unwrap(),
+        std::fs::read(&photo).unwrap(),
+        "the original is the file, byte for byte"
+    );
+
+    let jobs = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
+            .arg("jobs")
+            .args(args)
+            .args(["--url", &embedded.base_url])
+            .env("LOCALITY_API_KEY", common::api_key("demo-eu"))
+            .output()
+            .unwrap()
+    };
+    let job_id = job["job_id"].as_str().unwrap();
+    let listed = jobs(&["list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["job_id"], job_id);
+    let got = jobs(&["get", job_id]);
+    assert!(got.status.success(), "{got:?}");
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["outputs"], job["outputs"]);
+
+    // The job ran and failed: exit 1, its error printed. A request refused before any
+    // job (another tenant's real key): exit 2.
+    let corrupt = common::locality_submit(
+        &embedded.base_url,
+        "demo-eu",
+        &fixture("bad/sharp-truncated.jpg"),
+        &["--output", "name=t,width=64,height=64,format=png", "--wait"],
+    );
+    assert_eq!(corrupt.status.code(), Some(1), "{corrupt:?}");
+    let failed: Value = serde_json::from_slice(&corrupt.stdout).unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "corrupt_image", "{failed}");
+    let foreign = std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
+        .arg("submit")
+        .arg(&photo)
+        .args([
+            "--url",
+            &embedded.base_url,
+            "--tenant",
+            "demo-eu",
+            "--preset",
+            "x",
+        ])
+        .env("LOCALITY_API_KEY", common::api_key("demo-ca"))
+        .output()
+        .unwrap();
+    assert_eq!(foreign.status.code(), Some(2), "{foreign:?}");
+    let listed_after = jobs(&["list", "--json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed_after.stdout)
+            .lines()
+            .count(),
+        2,
+        "demo-eu has its two jobs, no third: {listed_after:?}"
+    );
+}

@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 
 const TENANT: &str = "demo-ca";
 
-/// `locality report residency` for `tenant` since today: (succeeded, JSON report, table).
-fn residency(cluster: &Cluster, tenant: &str) -> (bool, Value, String) {
+/// `locality report residency` for `tenant` since today: (exit code, JSON report, table).
+fn residency(cluster: &Cluster, tenant: &str) -> (Option<i32>, Value, String) {
     let run = |extra: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
             .arg("--config")
@@ -41,9 +41,9 @@ fn residency(cluster: &Cluster, tenant: &str) -> (bool, Value, String) {
     let report: Value = serde_json::from_slice(&json_run.stdout)
         .unwrap_or_else(|err| panic!("{err}: {json_run:?}"));
     let table_run = run(&[]);
-    assert_eq!(json_run.status.success(), table_run.status.success());
+    assert_eq!(json_run.status.code(), table_run.status.code());
     let table = String::from_utf8_lossy(&table_run.stdout).to_string();
-    (json_run.status.success(), report, table)
+    (json_run.status.code(), report, table)
 }
 
 /// A region's part of a residency report.
@@ -66,7 +66,7 @@ fn job_records(keys: &[String], tenant: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_and_fails_when_a_job_is_forced_into_eus_record(
+async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_exits_1_when_a_job_is_forced_into_eus_record_and_2_when_it_cannot_run(
 ) {
     let _serial = BROKER_LOCK.lock().await;
     let broker = Broker::from_env();
@@ -195,8 +195,8 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         "{record}"
     );
 
-    let (ok, report, table) = residency(&cluster, TENANT);
-    assert!(ok, "{report:#}");
+    let (code, report, table) = residency(&cluster, TENANT);
+    assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["used_regions"], json!(["ca"]), "{report:#}");
     assert_eq!(report["pinned_regions"], json!(["ca"]));
     let ca = region_part(&report, "ca");
@@ -224,8 +224,8 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         Duration::from_secs(60),
     )
     .await;
-    let (ok, report, _) = residency(&cluster, TENANT);
-    assert!(ok, "{report:#}");
+    let (code, report, _) = residency(&cluster, TENANT);
+    assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(
         report["control_plane"]["finished_in_region"], 6,
         "{report:#}"
@@ -244,8 +244,8 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         locality_worker::store::RegionStore::open(&cluster.config, &region("eu"), None, None)
             .unwrap();
     eu_store.put(&record_key, forged.into()).await.unwrap();
-    let (ok, report, table) = residency(&cluster, TENANT);
-    assert!(!ok, "the cross-check passed: {report:#}");
+    let (code, report, table) = residency(&cluster, TENANT);
+    assert_eq!(code, Some(1), "the cross-check did not fail: {report:#}");
     assert_eq!(report["used_regions"], json!(["ca", "eu"]), "{report:#}");
     let problems = report["cross_check"]["discrepancies"].as_array().unwrap();
     assert!(
@@ -266,4 +266,22 @@ async fn the_residency_report_of_a_ca_tenant_lists_ca_only_counts_each_job_once_
         "{report:#}"
     );
     assert!(table.contains("FAILED"), "{table}");
+
+    // A report that cannot reach its control store did not run: exit 2, not the
+    // cross-check's 1, so a scheduled check tells an outage from a finding.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!(
+        "postgres://locality:none@{}/locality",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let cannot_run = std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
+        .arg("--config")
+        .arg(&cluster.config_path)
+        .args(["report", "residency", "--tenant", TENANT, "--since"])
+        .arg(day_of(now_millis()))
+        .args(["--database-url", &unreachable])
+        .output()
+        .unwrap();
+    assert_eq!(cannot_run.status.code(), Some(2), "{cannot_run:?}");
 }

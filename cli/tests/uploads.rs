@@ -276,3 +276,49 @@ async fn fifty_stalled_uploads_cost_bounded_memory_and_time_and_the_next_upload_
         .unwrap();
     assert_eq!(response.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_submit_follows_the_schedulers_307_to_the_regions_ingest_even_with_a_body_it_stopped_reading(
+) {
+    let _serial = BROKER_LOCK.lock().await;
+    let broker = Broker::from_env();
+    broker.reset().await;
+    let cluster = Cluster::start(&broker, cluster_spec()).await;
+
+    let photo = common::fixture("photos/recurser_Landscape_6.jpg");
+    let mut args = vec![
+        "--key",
+        "holiday/beach.jpg",
+        "--subject",
+        "user-42",
+        "--wait",
+    ];
+    args.extend(common::QUICK_START_OUTPUTS);
+    let submitted = common::locality_submit(&cluster.base_url, "demo-eu", &photo, &args);
+    assert_eq!(submitted.status.code(), Some(0), "{submitted:?}");
+    let job: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["region"], "eu", "{job}");
+    assert_eq!(job["outputs"].as_array().unwrap().len(), 3, "{job}");
+
+    // 64 MB, far more than the socket buffers hold: the scheduler answers 307 from the
+    // head and closes without reading it; the upload goes to eu's ingest whole. It is
+    // no image, so its job fails (exit 1), which shows the upload itself got through.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.jpg");
+    std::fs::write(&big, vec![0x5au8; 64 * MB as usize]).unwrap();
+    let submitted = common::locality_submit(
+        &cluster.base_url,
+        "demo-eu",
+        &big,
+        &["--output", "name=t,width=64,height=64,format=png", "--wait"],
+    );
+    let stderr = String::from_utf8_lossy(&submitted.stderr);
+    assert_eq!(submitted.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("uploaded") && stderr.contains(" in eu"),
+        "{stderr}"
+    );
+    let failed: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    assert_eq!(failed["error"]["code"], "unsupported_format", "{failed}");
+}

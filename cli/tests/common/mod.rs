@@ -153,3 +153,31 @@ pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 
         })
         .sum()
 }
+
+/// `locality submit FILE` for `tenant` (its own key) against the scheduler at
+/// `base_url`, with `args` after it; the process's output once it exits.
+pub fn locality_submit(
+    base_url: &str,
+    tenant: &str,
+    file: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_locality"))
+        .arg("submit")
+        .arg(file)
+        .args(["--url", base_url, "--tenant", tenant])
+        .args(args)
+        .env("LOCALITY_API_KEY", api_key(tenant))
+        .output()
+        .expect("locality submit runs")
+}
+
+/// The quick start's three renditions as `locality submit` flags.
+pub const QUICK_START_OUTPUTS: [&str; 6] = [
+    "--output",
+    "name=large,width=1600,height=1600,format=jpeg,quality=82",
+    "--output",
+    "name=card,width=400,height=300,fit=cover,format=webp",
+    "--output",
+    "name=thumb,width=160,height=160,format=avif",
+];

@@ -138,3 +138,37 @@ fn encode_webp(pixels: &Pixels, quality: u8, cancel: &Cancel) -> Result<Vec<u8>,
         result
     }
 }
+
+/// Refuses a CPU that lacks what the bundled libwebp was compiled for, naming it,
+/// instead of dying of an illegal instruction in the first WebP encode: libwebp-sys'
+/// `sse41` and `avx2` features build all of libwebp with `-msse4.1 -mavx2`, so the
+/// compiler may use them anywhere, not only behind libwebp's own CPU detection.
+pub fn check_cpu() -> Result<(), UnsupportedCpu> {
+    #[allow(unused_mut)]
+    let mut missing = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("sse4.1") {
+            missing.push("SSE4.1");
+        }
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            missing.push("AVX2");
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(UnsupportedCpu { missing })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this CPU lacks {} which this build's WebP encoder was compiled for; run on an x86-64 \
+     CPU with SSE4.1 and AVX2 (2013 and later), or build without libwebp-sys' `sse41` and \
+     `avx2` features (the workspace Cargo.toml)",
+    missing.join(" and ")
+)]
+pub struct UnsupportedCpu {
+    pub missing: Vec<&'static str>,
+}

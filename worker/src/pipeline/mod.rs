@@ -33,6 +33,7 @@ pub mod stages {
     pub use super::encode::encode;
     pub use super::resize::crop_and_resize;
 }
+pub use encode::{check_cpu, UnsupportedCpu};
 pub use error::PipelineError;
 pub use geometry::{plan_output, OutputPlan};
 pub use probe::{probe, Probe, SourceFormat, METADATA_LIMIT};
