@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use crate::api::{Api, ApiArgs};
@@ -13,6 +14,11 @@ use crate::Failed;
 
 const POLL: Duration = Duration::from_millis(250);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long the first upload request holds its body back for the scheduler's answer
+/// from the head (as curl waits for `100 Continue`): a 307 answered before any body was
+/// written reaches the client; written into a connection the scheduler has closed, the
+/// body ends the request in a broken pipe and the 307 is lost.
+const HOLD_BODY_FOR_ANSWER: Duration = Duration::from_secs(1);
 /// Statuses after which a job changes no more.
 const FINISHED: [&str; 3] = ["succeeded", "failed", "refused"];
 
@@ -110,10 +116,7 @@ pub fn submit(args: SubmitArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let api = Api::new(&args.api)?;
-        let key = match &args.key {
-            Some(key) => key.clone(),
-            None => file_name(&args.file)?,
-        };
+        let key = source_key(&args)?;
         let stored = upload(&api, &args, &key).await?;
         let region = stored["region"].as_str().map(str::to_string);
         eprintln!(
@@ -172,6 +175,19 @@ pub fn submit(args: SubmitArgs) -> Result<()> {
     })
 }
 
+/// The key to upload under, checked as the scheduler checks it, so that it goes into
+/// the URL's path as it is (a `..` segment would be resolved away by the URL, a `?` end
+/// the path) and a refusal is explained before the file is sent.
+fn source_key(args: &SubmitArgs) -> Result<String> {
+    let key = match &args.key {
+        Some(key) => key.clone(),
+        None => file_name(&args.file)?,
+    };
+    locality_proto::keys::check_source_key(&key)
+        .map_err(|reason| anyhow::anyhow!("the key {key:?} {reason}; give another with --key"))?;
+    Ok(key)
+}
+
 fn file_name(file: &Path) -> Result<String> {
     file.file_name()
         .and_then(|name| name.to_str())
@@ -200,11 +216,21 @@ async fn upload(api: &Api, args: &SubmitArgs, key: &str) -> Result<Value> {
     let mut url = reqwest::Url::parse(&format!("{}/v1/sources/{key}", api.url))
         .with_context(|| format!("{key} does not make a URL with {}", api.url))?;
     url.query_pairs_mut().extend_pairs(&query);
-    for _ in 0..2 {
-        let body = tokio::fs::File::open(&args.file)
+    for attempt in 0..2 {
+        let file = tokio::fs::File::open(&args.file)
             .await
             .with_context(|| format!("opening {}", args.file.display()))?;
-        let length = body.metadata().await?.len();
+        let length = file.metadata().await?.len();
+        let hold = if attempt == 0 {
+            HOLD_BODY_FOR_ANSWER
+        } else {
+            Duration::ZERO
+        };
+        let body = futures::stream::once(async move {
+            tokio::time::sleep(hold).await;
+            tokio_util::io::ReaderStream::new(file)
+        })
+        .flatten();
         let response = api
             .http
             .put(url.clone())
@@ -212,9 +238,7 @@ async fn upload(api: &Api, args: &SubmitArgs, key: &str) -> Result<Value> {
             // The client's 30 s is for API calls; a large file may take longer.
             .timeout(UPLOAD_TIMEOUT)
             .header(reqwest::header::CONTENT_LENGTH, length)
-            .body(reqwest::Body::wrap_stream(
-                tokio_util::io::ReaderStream::new(body),
-            ))
+            .body(reqwest::Body::wrap_stream(body))
             .send()
             .await
             .with_context(|| format!("uploading {} to {url}", args.file.display()))?;
@@ -353,5 +377,43 @@ mod tests {
         assert!(parse_output("name=a,width")
             .unwrap_err()
             .contains("NAME=VALUE"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Submit {
+        #[command(flatten)]
+        args: SubmitArgs,
+    }
+
+    fn key_of(flags: &[&str]) -> Result<String> {
+        let mut argv = vec!["submit", "--tenant", "demo-eu", "--preset", "web"];
+        argv.extend_from_slice(flags);
+        source_key(&<Submit as clap::Parser>::try_parse_from(argv).unwrap().args)
+    }
+
+    /// A key that would change on its way into the URL (`..` resolved away, `?` ending
+    /// the path, a space) is refused before anything is sent, not uploaded elsewhere.
+    #[test]
+    fn a_key_that_the_url_would_change_is_refused_before_the_upload() {
+        assert_eq!(key_of(&["beach.jpg"]).unwrap(), "beach.jpg");
+        assert_eq!(
+            key_of(&["--key", "holiday/beach.jpg", "/tmp/x.jpg"]).unwrap(),
+            "holiday/beach.jpg"
+        );
+        for key in [
+            "a/../../v1/jobs",
+            "a?b.jpg",
+            "a#b.jpg",
+            "./a.jpg",
+            "a//b.jpg",
+        ] {
+            let refused = key_of(&["--key", key, "x.jpg"]).unwrap_err().to_string();
+            assert!(
+                refused.contains("give another with --key"),
+                "{key}: {refused}"
+            );
+        }
+        let spaced = key_of(&["/tmp/my photo.jpg"]).unwrap_err().to_string();
+        assert!(spaced.contains("' '"), "{spaced}");
     }
 }
