@@ -32,6 +32,13 @@ impl Control {
         }
         let quiet_since = now - self.config.rights.quiet_after_seconds as i64 * 1000;
         let swept = self.store.sweep_parts(now, quiet_since).await?;
+        if swept.overdue_resent > 0 {
+            tracing::warn!(
+                parts = swept.overdue_resent,
+                quiet_after_seconds = self.config.rights.quiet_after_seconds,
+                "parts of erasures or exports were quiet too long: sent to their region again"
+            );
+        }
         let resent = &self.metrics.rights_parts_resent;
         resent
             .with_label_values(&["failed"])
