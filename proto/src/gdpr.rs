@@ -624,7 +624,7 @@ impl DownloadTarget<'_> {
 }
 
 fn hmac_hex(key: &[u8], text: &str) -> String {
-    use hmac::{Hmac, Mac};
+    use hmac::{Hmac, KeyInit, Mac};
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key");
     mac.update(text.as_bytes());
     hex::encode(mac.finalize().into_bytes())

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 const DOMAIN: &[u8] = b"locality-message-v2\n";

@@ -39,7 +39,7 @@ async fn fresh_database(admin: &str) -> String {
     let mut connection = sqlx::PgConnection::connect(admin)
         .await
         .expect("the test PostgreSQL server is reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut connection)
         .await
         .unwrap();

@@ -17,7 +17,7 @@ pub async fn fresh() -> String {
     let mut connection = sqlx::PgConnection::connect(&admin)
         .await
         .expect("the test PostgreSQL server is reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut connection)
         .await
         .unwrap();

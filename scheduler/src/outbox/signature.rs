@@ -3,7 +3,7 @@
 //! followed by the request body exactly as sent. [`verify_signature`] is the check a
 //! receiver makes.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 pub const SIGNATURE_HEADER: &str = "locality-signature";

@@ -91,10 +91,12 @@ impl ControlStore {
             for row in &rows {
                 let job_id: String = row.try_get("job_id")?;
                 for table in ["idempotency_keys", "submission_messages"] {
-                    sqlx::query(&format!("DELETE FROM {table} WHERE job_id = $1"))
-                        .bind(job_id.as_str())
-                        .execute(&mut *transaction)
-                        .await?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE job_id = $1"
+                    )))
+                    .bind(job_id.as_str())
+                    .execute(&mut *transaction)
+                    .await?;
                 }
                 forgotten += sqlx::query("DELETE FROM jobs WHERE job_id = $1")
                     .bind(job_id.as_str())

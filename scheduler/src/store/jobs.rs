@@ -276,9 +276,9 @@ impl ControlStore {
         tenant: &TenantId,
         job_id: &Uuid,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let row = sqlx::query(&format!(
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM jobs WHERE job_id = $1 AND tenant = $2"
-        ))
+        )))
         .bind(job_id.to_string())
         .bind(tenant.as_str())
         .fetch_optional(&self.pool)
@@ -297,12 +297,12 @@ impl ControlStore {
             .map_or((Millis::MIN, String::new()), |(at, id)| {
                 (at, id.to_string())
             });
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM jobs WHERE tenant = $1 \
              AND ($2 = '' OR status = $2) AND created_at >= $3 \
              AND (created_at > $4 OR (created_at = $4 AND job_id > $5)) \
              ORDER BY created_at, job_id LIMIT $6"
-        ))
+        )))
         .bind(tenant.as_str())
         .bind(filter.status.map_or("", status_text))
         .bind(filter.since.unwrap_or(Millis::MIN))
@@ -343,10 +343,10 @@ impl ControlStore {
                 "job_id"
             };
             loop {
-                let deleted = sqlx::query(&format!(
+                let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {table} WHERE {key} IN \
                      (SELECT {key} FROM {table} WHERE created_at < $1 LIMIT $2)"
-                ))
+                )))
                 .bind(cutoff)
                 .bind(PAGE)
                 .execute(&self.pool)

@@ -104,7 +104,7 @@ impl ControlStore {
                  WHERE relayed_at IS NULL AND finished_at IS NOT NULL AND job_id IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(now);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
             for job_id in chunk {
                 query = query.bind(job_id.to_string());
             }

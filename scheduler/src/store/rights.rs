@@ -284,9 +284,9 @@ impl ControlStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let parts = sqlx::query(&format!(
+        let parts = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PART_COLUMNS} FROM region_requests WHERE request_id = $1 ORDER BY region"
-        ))
+        )))
         .bind(request_id.to_string())
         .fetch_all(&self.pool)
         .await?;
