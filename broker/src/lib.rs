@@ -131,8 +131,9 @@ pub async fn connect(urls: &str, connection_name: &str) -> Result<Connection, Br
     })
 }
 
-const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(200);
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Waits between tries to reach the broker: 200 ms doubling, at most 5 s, with jitter.
+const RECONNECT: locality_proto::backoff::Backoff =
+    locality_proto::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// What a session knows about its connection.
 #[derive(Clone)]
@@ -164,7 +165,7 @@ pub async fn supervise<F, Fut>(
     F: FnMut(Arc<Connection>, Link) -> Fut,
     Fut: Future<Output = Result<(), BrokerError>>,
 {
-    let mut delay = FIRST_RECONNECT_DELAY;
+    let mut delays = RECONNECT.delays();
     loop {
         let connection = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,7 +177,7 @@ pub async fn supervise<F, Fut>(
                 let lost = CancellationToken::new();
                 let watcher = watch_for_errors(&connection, lost.clone());
                 tracing::info!(broker = %redact(&url), name = %connection_name, "connected to the broker");
-                delay = FIRST_RECONNECT_DELAY;
+                delays = RECONNECT.delays();
                 let link = Link {
                     lost: lost.clone(),
                     connected: connected.clone(),
@@ -198,14 +199,14 @@ pub async fn supervise<F, Fut>(
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, ?delay, name = %connection_name, "broker unreachable; retrying");
+                tracing::warn!(error = %err, name = %connection_name, "broker unreachable; retrying");
             }
         }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`audit`]: each region's record of processing and the residency cross-check.
 
 pub mod audit;
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod error_code;

@@ -5,23 +5,30 @@
 use std::future::Future;
 use std::time::Duration;
 
+use locality_proto::backoff::Delays;
 use tokio_util::sync::CancellationToken;
 
-const FIRST_RETRY: Duration = Duration::from_millis(200);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Backoff between tries: 200 ms doubling, at most 5 s, with jitter.
+const POLICY: locality_proto::backoff::Backoff =
+    locality_proto::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
-/// Backoff between tries: 200 ms doubling, at most 5 s.
-pub(crate) struct Backoff(Duration);
+pub(crate) struct Backoff {
+    next: Duration,
+    delays: Delays,
+}
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self(FIRST_RETRY)
+        let mut delays = POLICY.delays();
+        let next = delays.next().unwrap_or(Duration::from_secs(5));
+        Self { next, delays }
     }
 }
 
 impl Backoff {
+    /// The wait before the next try.
     pub(crate) fn delay(&self) -> Duration {
-        self.0
+        self.next
     }
 
     /// Waits before another try and lengthens the next wait; `false` if shutdown came
@@ -29,9 +36,9 @@ impl Backoff {
     pub(crate) async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
         tokio::select! {
             _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(self.0) => {}
+            _ = tokio::time::sleep(self.next) => {}
         }
-        self.0 = (self.0 * 2).min(MAX_RETRY);
+        self.next = self.delays.next().unwrap_or(self.next);
         true
     }
 }

@@ -69,10 +69,11 @@ pub enum Disposition {
     DeadLetter,
 }
 
-/// Backoff before attempt `attempt + 1`: 1 s doubling, at most a minute.
+/// Backoff before attempt `attempt + 1`: 1 s doubling, at most a minute, with jitter.
 pub fn retry_delay(attempt: u32) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(6);
-    Duration::from_secs((1u64 << doublings).min(60))
+    const POLICY: locality_proto::backoff::Backoff =
+        locality_proto::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    POLICY.after_failures(attempt)
 }
 
 /// How to settle attempt `attempt` (1-based) given its retry limit and verdict.
@@ -479,20 +480,16 @@ mod tests {
     #[test]
     fn transient_failures_of_a_job_are_retried_with_growing_backoff_until_the_limit() {
         let retry = |attempt| settle(attempt, JOB, Verdict::Failed(Recovery::Retry));
-        assert_eq!(
-            retry(1),
+        let retried_after = |attempt| match retry(attempt) {
             Disposition::Retry {
-                delay: Duration::from_secs(1),
-                next_attempt: 2
-            }
-        );
-        assert_eq!(
-            retry(4),
-            Disposition::Retry {
-                delay: Duration::from_secs(8),
-                next_attempt: 5
-            }
-        );
+                delay,
+                next_attempt,
+            } if next_attempt == attempt + 1 => delay,
+            other => panic!("attempt {attempt}: {other:?}"),
+        };
+        // Nominal waits of 1 s and 8 s, each drawn between half and all of it.
+        assert!((Duration::from_millis(500)..=Duration::from_secs(1)).contains(&retried_after(1)));
+        assert!((Duration::from_secs(4)..=Duration::from_secs(8)).contains(&retried_after(4)));
         assert_eq!(retry(5), Disposition::DeadLetter);
         assert_eq!(retry(7), Disposition::DeadLetter);
         // A limit of one means no retry at all.
@@ -513,13 +510,13 @@ mod tests {
             now_ms: 1_000,
         };
         let transient = Verdict::Failed(Recovery::Retry);
-        assert_eq!(
-            settle(40, before, transient),
+        match settle(40, before, transient) {
             Disposition::Retry {
-                delay: Duration::from_secs(60),
-                next_attempt: 41
-            }
-        );
+                delay,
+                next_attempt: 41,
+            } => assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(&delay)),
+            other => panic!("attempt 40 before the deadline: {other:?}"),
+        }
         assert_eq!(settle(40, after, transient), Disposition::DeadLetter);
         assert_eq!(settle(3, after, Verdict::Succeeded), Disposition::Ack);
     }
@@ -554,7 +551,15 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_and_stops_at_a_minute() {
-        let delays: Vec<u64> = (1..=9).map(|a| retry_delay(a).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let nominal = [
+            1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000,
+        ];
+        for (attempt, nominal) in (1..=9).zip(nominal) {
+            let delay = retry_delay(attempt).as_millis() as u64;
+            assert!(
+                (nominal / 2..=nominal).contains(&delay),
+                "attempt {attempt}: {delay} ms"
+            );
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod target;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use locality_proto::backoff::Backoff;
 use locality_proto::webhook_target::AllowedNetworks;
 use locality_proto::TenantId;
 use serde::Serialize;
@@ -34,13 +35,16 @@ pub const PER_TENANT: usize = 2;
 pub const POOL: usize = 32;
 /// Failures in a row that open a tenant's circuit.
 const TRIP_AFTER: u32 = 5;
-const FIRST_OPENING: Duration = Duration::from_secs(30);
-const LONGEST_OPENING: Duration = Duration::from_secs(600);
+/// How long an open circuit stays open: 30 s doubling with each opening in a row, at
+/// most 10 minutes, with jitter.
+const OPENINGS: Backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(600));
 const POLL: Duration = Duration::from_millis(500);
 
-/// Backoff before delivery attempt `attempts + 1`: 2 s doubling, at most an hour.
+/// Backoff before delivery attempt `attempts + 1`: 2 s doubling, at most an hour,
+/// with jitter.
 fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs((2u64 << attempts.min(11)).min(3600))
+    const POLICY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(3600));
+    POLICY.after_failures(attempts.saturating_add(1))
 }
 
 /// A tenant's circuit: closed (attempts go ahead), open until a time, then half-open
@@ -69,9 +73,7 @@ impl Breaker {
         }
         self.failures += 1;
         if self.failures >= TRIP_AFTER || self.open_until.is_some() {
-            let opening = FIRST_OPENING
-                .saturating_mul(1 << self.openings.min(6))
-                .min(LONGEST_OPENING);
+            let opening = OPENINGS.after_failures(self.openings.saturating_add(1));
             self.open_until = Some(now + opening);
             self.openings += 1;
         }
@@ -295,9 +297,12 @@ mod tests {
 
     #[test]
     fn delivery_backoff_doubles_up_to_an_hour() {
-        assert_eq!(backoff(0), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(16));
-        assert_eq!(backoff(30), Duration::from_secs(3600));
+        let within = |wait: Duration, nominal: u64| {
+            (Duration::from_secs(nominal) / 2..=Duration::from_secs(nominal)).contains(&wait)
+        };
+        assert!(within(backoff(0), 2));
+        assert!(within(backoff(3), 16));
+        assert!(within(backoff(30), 3600));
     }
 
     #[test]
@@ -310,11 +315,12 @@ mod tests {
         }
         breaker.record(false, now);
         assert_eq!(breaker.allowance(now), 0);
-        let later = now + FIRST_OPENING + Duration::from_millis(1);
+        // The first opening lasts 15-30 s, the second 30-60 s.
+        let later = now + Duration::from_secs(30) + Duration::from_millis(1);
         assert_eq!(breaker.allowance(later), 1, "half-open: one attempt");
         breaker.record(false, later);
         assert_eq!(
-            breaker.allowance(later + FIRST_OPENING),
+            breaker.allowance(later + Duration::from_secs(29)),
             0,
             "opened again, for longer"
         );

@@ -3,6 +3,9 @@
 //! went quiet, and failed for good past its deadline; an erasure's second pass once
 //! its first is done and nothing begun before it can still write.
 
+use std::time::Duration;
+
+use locality_proto::backoff::Backoff;
 use locality_proto::gdpr::RegionRequest;
 use locality_proto::{ErrorCode, RegionId};
 use sqlx::Row;
@@ -29,10 +32,14 @@ pub struct PartsSwept {
     pub expired: u64,
 }
 
-/// Backoff before sending a failed part again: a minute doubling, at most six hours.
+/// Backoff before sending a failed part again: a minute doubling, at most six hours,
+/// with jitter (`attempts` sendings so far).
 fn resend_backoff_ms(attempts: i64) -> Millis {
-    let doublings = attempts.clamp(0, 9) as u32;
-    (60_000i64 << doublings).min(6 * 3_600_000)
+    const POLICY: Backoff = Backoff::new(Duration::from_secs(60), Duration::from_secs(6 * 3600));
+    let failures = u32::try_from(attempts.max(0))
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    POLICY.after_failures(failures).as_millis() as Millis
 }
 
 impl ControlStore {
@@ -318,8 +325,8 @@ mod tests {
 
     #[test]
     fn failed_parts_are_sent_again_after_a_growing_backoff() {
-        assert_eq!(resend_backoff_ms(0), 60_000);
-        assert_eq!(resend_backoff_ms(3), 480_000);
-        assert_eq!(resend_backoff_ms(40), 6 * 3_600_000);
+        assert!((30_000..=60_000).contains(&resend_backoff_ms(0)));
+        assert!((240_000..=480_000).contains(&resend_backoff_ms(3)));
+        assert!((3 * 3_600_000..=6 * 3_600_000).contains(&resend_backoff_ms(40)));
     }
 }
