@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Locality needs beyond Rust on a fresh Debian: a C
 # toolchain, pkg-config, cmake and nasm (they build the bundled libjpeg-turbo 3 with
-# its SIMD code), curl and python3-venv (the test services' scripts). Idempotent;
+# its SIMD code), curl and python3-venv (the test services' scripts), promtool (Debian's
+# prometheus package: only its promtool is used, to check the alert rules). Idempotent;
 # uses apt-get.
 set -euo pipefail
 # rust-toolchain.toml pins Rust 1.95.0. Where rustup's stable toolchain already is that
@@ -22,6 +23,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v nasm >/dev/null || missing+=(nasm)
 command -v curl >/dev/null || missing+=(curl)
+# promtool checks the alert rules (scripts/check-k8s.sh).
+command -v promtool >/dev/null || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 [ "${#missing[@]}" -eq 0 ] && exit 0
 SUDO=""

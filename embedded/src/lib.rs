@@ -120,6 +120,7 @@ pub struct RegionInfo {
 pub struct Embedded {
     pub control: Arc<Control>,
     pub registry: prometheus::Registry,
+    http_metrics: locality_http::HttpMetrics,
     pub regions: Vec<RegionInfo>,
     downloads: Downloads,
     tasks: Vec<JoinHandle<()>>,
@@ -154,7 +155,8 @@ impl Embedded {
         );
         let store = ControlStore::open(&database).await.map_err(Box::new)?;
         let registry = prometheus::Registry::new();
-        locality_http::register_build_info(&registry);
+        locality_http::register_process_metrics(&registry);
+        let http_metrics = locality_http::HttpMetrics::register(&registry);
         let worker_metrics = WorkerMetrics::register(&registry);
         let mut event_sources = Vec::new();
         let mut regions = BTreeMap::new();
@@ -235,6 +237,7 @@ impl Embedded {
         Ok(Self {
             control,
             registry,
+            http_metrics,
             regions: infos,
             downloads,
             tasks,
@@ -244,13 +247,19 @@ impl Embedded {
     /// The HTTP API of the embedded scheduler, and every region's export downloads (which
     /// in the distributed mode each region's ingest endpoint serves).
     pub fn router(&self) -> axum::Router {
-        locality_scheduler::http::router(self.control.clone(), self.registry.clone())
-            .merge(downloads_router(self.downloads.clone()))
+        self.http_metrics.measured(
+            locality_scheduler::http::router(self.control.clone(), self.registry.clone())
+                .merge(downloads_router(self.downloads.clone())),
+            "api",
+        )
     }
 
     /// Health and metrics, for a listener of their own.
     pub fn admin_router(&self) -> axum::Router {
-        locality_scheduler::http::admin_router(self.control.clone(), self.registry.clone())
+        self.http_metrics.measured(
+            locality_scheduler::http::admin_router(self.control.clone(), self.registry.clone()),
+            "admin",
+        )
     }
 
     /// Waits until the workers have finished their jobs in flight (after `shutdown`).

@@ -3,9 +3,11 @@
 //! stable [`ErrorCode`] whose status is the code's own.
 
 pub mod body;
+pub mod metrics;
 pub mod serve;
 
 pub use body::read_body;
+pub use metrics::{register_process_metrics, HttpMetrics};
 pub use serve::{client_network, serve, ServeLimits};
 
 use axum::http::{header, HeaderMap, StatusCode};

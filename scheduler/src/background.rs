@@ -46,6 +46,8 @@ impl Control {
         ];
         let mut running = JoinSet::new();
         for (name, duty) in duties {
+            // Each duty's series from the start, so an alert sees 0, not nothing.
+            self.metrics.background_restarts.with_label_values(&[name]);
             running.spawn(supervise(self.clone(), name, shutdown.clone(), duty));
         }
         while running.join_next().await.is_some() {}

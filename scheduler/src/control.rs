@@ -17,7 +17,7 @@ use crate::jobs::Quotas;
 use crate::metrics::SchedulerMetrics;
 use crate::regions::{Region, UploadRoute};
 use crate::relay::ResultSink;
-use crate::store::{now_millis, ControlStore, StoreError};
+use crate::store::{now_millis, ControlStore, Millis, StoreError};
 
 /// Whether each region, and each other connection the process needs, can work now.
 #[derive(Debug)]
@@ -182,14 +182,27 @@ impl Control {
                             .set(0);
                     }
                 }
-                for (region, tenant, jobs) in counts {
+                let now = now_millis();
+                let mut oldest: BTreeMap<&RegionId, Millis> = BTreeMap::new();
+                for waiting in &counts {
                     // Bounded by the configuration: records of removed tenants are not shown.
-                    if self.has_tenant(&tenant) {
+                    if self.has_tenant(&waiting.tenant) {
                         self.metrics
                             .tenant_jobs_waiting
-                            .with_label_values(&[region.as_str(), tenant.as_str()])
-                            .set(jobs as i64);
+                            .with_label_values(&[waiting.region.as_str(), waiting.tenant.as_str()])
+                            .set(waiting.jobs as i64);
                     }
+                    let first = oldest
+                        .entry(&waiting.region)
+                        .or_insert(waiting.oldest_created_at);
+                    *first = (*first).min(waiting.oldest_created_at);
+                }
+                for region in self.regions.keys() {
+                    let age_ms = oldest.get(region).map_or(0, |first| (now - first).max(0));
+                    self.metrics
+                        .oldest_waiting_job_age
+                        .with_label_values(&[region.as_str()])
+                        .set(age_ms as f64 / 1000.0);
                 }
             }
             Err(err) => tracing::warn!(error = %err, "could not count the jobs waiting"),

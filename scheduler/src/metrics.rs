@@ -2,8 +2,8 @@
 //! Labels are bounded: regions, priorities, outcomes and codes are fixed sets, and
 //! tenant labels name configured tenants only.
 
-use locality_proto::Config;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use locality_proto::{Config, ErrorCode};
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct SchedulerMetrics {
@@ -23,6 +23,8 @@ pub struct SchedulerMetrics {
     pub tenant_jobs_submitted: IntCounterVec,
     /// Jobs waiting in the control store for their region's window, per region and tenant.
     pub tenant_jobs_waiting: IntGaugeVec,
+    /// How long the oldest job waiting in the control store for a region has waited.
+    pub oldest_waiting_job_age: GaugeVec,
     /// Submissions refused by a tenant's quota (`rate_limited`, `quota_exceeded`).
     pub tenant_submissions_limited: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
@@ -79,6 +81,48 @@ impl SchedulerMetrics {
                     .set(0);
             }
         }
+        let oldest_waiting_job_age = GaugeVec::new(
+            Opts::new(
+                "locality_oldest_waiting_job_age_seconds",
+                "How long the oldest job accepted for a region and not yet sent to it has waited (0 when none waits)",
+            ),
+            &["region"],
+        )
+        .expect("valid metric");
+        register(Box::new(oldest_waiting_job_age.clone()));
+        for region in config.regions.keys() {
+            oldest_waiting_job_age
+                .with_label_values(&[region.as_str()])
+                .set(0.0);
+        }
+        let webhook_circuit_open = gauge(
+            "locality_webhook_circuit_open",
+            "1 while a tenant's webhook circuit is open (its endpoint kept failing)",
+            &["tenant"],
+        );
+        let webhook_deliveries = counter(
+            "locality_webhook_deliveries_total",
+            "Webhook delivery attempts, per tenant and outcome (delivered, failed)",
+            &["tenant", "outcome"],
+        );
+        // Series of every configured tenant and code from the start: a dashboard or an
+        // alert sees 0, not nothing.
+        for tenant in config.tenants.keys() {
+            webhook_circuit_open
+                .with_label_values(&[tenant.as_str()])
+                .set(0);
+            for outcome in ["delivered", "failed"] {
+                webhook_deliveries.with_label_values(&[tenant.as_str(), outcome]);
+            }
+        }
+        let requests_refused = counter(
+            "locality_requests_refused_total",
+            "Requests refused, per reason code",
+            &["code"],
+        );
+        for code in ErrorCode::ALL {
+            requests_refused.with_label_values(&[code.as_str()]);
+        }
         Self {
             rights_parts_failed: counter(
                 "locality_rights_parts_failed_total",
@@ -101,11 +145,7 @@ impl SchedulerMetrics {
                 "Jobs finished, per region and outcome",
                 &["region", "outcome"],
             ),
-            requests_refused: counter(
-                "locality_requests_refused_total",
-                "Requests refused, per reason code",
-                &["code"],
-            ),
+            requests_refused,
             queue_depth: gauge(
                 "locality_queue_depth",
                 "Jobs waiting in a region's queues, per region and priority",
@@ -123,21 +163,14 @@ impl SchedulerMetrics {
                 &["tenant"],
             ),
             tenant_jobs_waiting,
+            oldest_waiting_job_age,
             tenant_submissions_limited: counter(
                 "locality_tenant_submissions_limited_total",
                 "Submissions refused by the tenant's quota, per tenant and code (rate_limited, quota_exceeded)",
                 &["tenant", "code"],
             ),
-            webhook_deliveries: counter(
-                "locality_webhook_deliveries_total",
-                "Webhook delivery attempts, per tenant and outcome (delivered, failed)",
-                &["tenant", "outcome"],
-            ),
-            webhook_circuit_open: gauge(
-                "locality_webhook_circuit_open",
-                "1 while a tenant's webhook circuit is open (its endpoint kept failing)",
-                &["tenant"],
-            ),
+            webhook_deliveries,
+            webhook_circuit_open,
             background_restarts: counter(
                 "locality_background_restarts_total",
                 "Background duties of the scheduler started again after they ended unexpectedly",

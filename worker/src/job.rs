@@ -39,6 +39,9 @@ pub struct JobContext {
 
 impl JobContext {
     pub fn new(region: Arc<RegionContext>, cpu_pool: Arc<rayon::ThreadPool>) -> Self {
+        region
+            .metrics
+            .set_memory_budget(region.limits.worker_memory_budget);
         Self {
             tombstones: Tombstones::new(region.stores().own().clone()),
             budget: MemoryBudget::new(region.limits.worker_memory_budget),

@@ -34,6 +34,7 @@ struct Vecs {
     stage_seconds: HistogramVec,
     jobs_in_flight: IntGaugeVec,
     memory_in_flight: IntGaugeVec,
+    memory_budget: IntGaugeVec,
     pixels_in_flight: IntGaugeVec,
     retries: IntCounterVec,
     dead_lettered: IntCounterVec,
@@ -101,6 +102,10 @@ impl WorkerMetrics {
                 "locality_worker_memory_reserved_bytes",
                 "Bytes of the memory budget reserved by the jobs in flight",
             ),
+            memory_budget: gauge(
+                "locality_worker_memory_budget_bytes",
+                "The memory budget the jobs in flight reserve from (limits.worker_memory_budget)",
+            ),
             pixels_in_flight: gauge(
                 "locality_worker_pixels_in_flight",
                 "Source pixels of the jobs being decoded and rendered",
@@ -162,6 +167,7 @@ impl WorkerMetrics {
         for gauge in [
             &vecs.jobs_in_flight,
             &vecs.memory_in_flight,
+            &vecs.memory_budget,
             &vecs.pixels_in_flight,
         ] {
             gauge.with_label_values(&[id]);
@@ -253,6 +259,14 @@ impl RegionMetrics {
         let gauge = self.vecs.jobs_in_flight.with_label_values(&[&self.region]);
         gauge.inc();
         InFlight { gauge, amount: 1 }
+    }
+
+    /// The budget `memory_in_flight` reserves from, for the saturation alert.
+    pub fn set_memory_budget(&self, bytes: u64) {
+        self.vecs
+            .memory_budget
+            .with_label_values(&[&self.region])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn memory_in_flight(&self, bytes: u64) -> InFlight {

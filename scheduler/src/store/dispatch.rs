@@ -173,21 +173,23 @@ impl ControlStore {
         Ok(requeued)
     }
 
-    /// Jobs waiting per region and tenant, for the gauges (and the autoscaler).
-    pub async fn waiting_counts(&self) -> Result<Vec<(RegionId, TenantId, u64)>, StoreError> {
+    /// Jobs waiting per region and tenant, with when the oldest of them was accepted,
+    /// for the gauges (and the autoscaler).
+    pub async fn waiting_counts(&self) -> Result<Vec<WaitingCount>, StoreError> {
         let rows = sqlx::query(
-            "SELECT region, tenant, COUNT(*) AS jobs FROM jobs WHERE dispatched = 0 \
-             AND status = 'queued' GROUP BY region, tenant",
+            "SELECT region, tenant, COUNT(*) AS jobs, MIN(created_at) AS oldest FROM jobs \
+             WHERE dispatched = 0 AND status = 'queued' GROUP BY region, tenant",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                Ok((
-                    from_text("region", row.try_get("region")?)?,
-                    from_text("tenant", row.try_get("tenant")?)?,
-                    count(row, "jobs")?,
-                ))
+                Ok(WaitingCount {
+                    region: from_text("region", row.try_get("region")?)?,
+                    tenant: from_text("tenant", row.try_get("tenant")?)?,
+                    jobs: count(row, "jobs")?,
+                    oldest_created_at: row.try_get("oldest")?,
+                })
             })
             .collect()
     }
@@ -250,4 +252,14 @@ impl ControlStore {
         }
         Ok(failed)
     }
+}
+
+/// Jobs of one tenant waiting for room in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingCount {
+    pub region: RegionId,
+    pub tenant: TenantId,
+    pub jobs: u64,
+    /// When the oldest of them was accepted (ms since the epoch).
+    pub oldest_created_at: Millis,
 }
