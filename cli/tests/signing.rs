@@ -94,7 +94,7 @@ async fn unsigned_tampered_or_foreign_signed_job_messages_write_nothing_and_a_fo
         .get_mut(&RegionId::new("eu").unwrap())
         .unwrap();
     let id = eu_config.message_key_id.clone().unwrap();
-    eu_config.message_keys.insert(id, "ab".repeat(32));
+    eu_config.message_keys.insert(id, "ab".repeat(32).into());
     let forged = signed(
         &other,
         "eu",

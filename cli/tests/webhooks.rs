@@ -132,7 +132,7 @@ impl Drop for Answering {
 fn hook(url: &str) -> Option<Webhook> {
     Some(Webhook {
         url: url.to_string(),
-        secret: SECRET.to_string(),
+        secret: SECRET.into(),
     })
 }
 

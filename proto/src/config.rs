@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+pub use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::OutputSpec;
@@ -14,7 +15,8 @@ pub use crate::limits::Limits;
 use crate::stores::StoreIdentity;
 
 /// The whole configuration file. Unknown fields are errors so typos fail loudly.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Debug shows it redacted (see [`Config::redacted`]).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -29,6 +31,31 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub rights: RightsConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are SecretStrings already; URLs with passwords, store options and webhook
+        // URLs are strings, so the whole copy is redacted first.
+        let Config {
+            scheduler,
+            regions,
+            tenants,
+            limits,
+            jobs,
+            retention,
+            rights,
+        } = self.redacted();
+        f.debug_struct("Config")
+            .field("scheduler", &scheduler)
+            .field("regions", &regions)
+            .field("tenants", &tenants)
+            .field("limits", &limits)
+            .field("jobs", &jobs)
+            .field("retention", &retention)
+            .field("rights", &rights)
+            .finish()
+    }
 }
 
 /// How erasures and exports are carried through outages.
@@ -103,8 +130,11 @@ pub struct SchedulerConfig {
     pub listen: String,
     /// Secret for pseudonymising client IPs (HMAC-SHA256), mixed with a random key per
     /// rotation period that the control store keeps only while its period lasts.
-    #[serde(default = "default_pseudonymisation_key")]
-    pub pseudonymisation_key: String,
+    #[serde(
+        default = "default_pseudonymisation_key",
+        serialize_with = "crate::secrets::serialize_secret"
+    )]
+    pub pseudonymisation_key: SecretString,
     /// Hours of one client-IP pseudonym period: within one, the same network (IPv4 /24,
     /// IPv6 /48) gets the same pseudonym; across periods they cannot be linked.
     #[serde(default = "default_ip_rotation_hours")]
@@ -138,8 +168,8 @@ fn default_listen() -> String {
 /// Only good for demos; the scheduler warns when it is in use.
 pub const DEMO_PSEUDONYMISATION_KEY: &str = "demo-only-change-me";
 
-fn default_pseudonymisation_key() -> String {
-    DEMO_PSEUDONYMISATION_KEY.to_string()
+fn default_pseudonymisation_key() -> SecretString {
+    SecretString::from(DEMO_PSEUDONYMISATION_KEY)
 }
 
 fn default_ip_rotation_hours() -> u32 {
@@ -190,22 +220,34 @@ pub struct RegionConfig {
     pub ingest_url: Option<String>,
     /// The region's Ed25519 key (32-byte seed, hex) that signs its erasure receipts. A
     /// secret of the region's workers only: the control plane never needs it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub receipt_key: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::secrets::serialize_optional_secret"
+    )]
+    pub receipt_key: Option<SecretString>,
     /// The public key (hex) of `receipt_key`: the control plane records only receipts
     /// it verifies, and anyone can check a receipt with it (`locality receipt-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_public_key: Option<String>,
     /// Secret (hex) that signs the download links of this region's export archives.
     /// A secret of the region's workers only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub download_key: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::secrets::serialize_optional_secret"
+    )]
+    pub download_key: Option<SecretString>,
     /// Keys (id -> hex, at least 32 bytes) that sign the messages between the scheduler
     /// and this region's workers, both ways (HMAC-SHA256). Every listed key verifies;
     /// `message_key_id` names the one that signs. Rotate by adding a key, switching the
     /// id, then removing the old key.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub message_keys: BTreeMap<String, String>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "crate::secrets::serialize_secret_map"
+    )]
+    pub message_keys: BTreeMap<String, SecretString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_key_id: Option<String>,
     /// Jobs the control plane keeps sent to the region and not finished, at the least;
@@ -317,7 +359,8 @@ impl Default for TenantQuota {
 pub struct Webhook {
     pub url: String,
     /// Shared secret of the HMAC-SHA256 signature in `Locality-Signature`.
-    pub secret: String,
+    #[serde(serialize_with = "crate::secrets::serialize_secret")]
+    pub secret: SecretString,
 }
 
 /// A tenant's own store in one region (same URL forms and options as a region's store).
@@ -488,7 +531,7 @@ impl Config {
         }
         for (id, region) in &self.regions {
             if let Some(seed) = &region.receipt_key {
-                let key = crate::gdpr::receipt_key(seed)
+                let key = crate::gdpr::receipt_key(seed.expose_secret())
                     .map_err(|reason| invalid(format!("regions.{id}.receipt_key"), reason))?;
                 let public = hex::encode(key.verifying_key().as_bytes());
                 if let Some(declared) = &region.receipt_public_key {
@@ -507,7 +550,7 @@ impl Config {
                 return Err(invalid(format!("regions.{id}.message_keys"), reason));
             }
             if let Some(key) = &region.download_key {
-                let long_enough = hex::decode(key).is_ok_and(|key| key.len() >= 16);
+                let long_enough = hex::decode(key.expose_secret()).is_ok_and(|key| key.len() >= 16);
                 if !long_enough {
                     return Err(invalid(
                         format!("regions.{id}.download_key"),
@@ -574,7 +617,7 @@ impl Config {
                 webhook_networks
                     .check_url(&webhook.url)
                     .map_err(|err| invalid(field("webhook.url"), err.to_string()))?;
-                if webhook.secret.len() < 16 {
+                if webhook.secret.expose_secret().len() < 16 {
                     return Err(invalid(
                         field("webhook.secret"),
                         "must be at least 16 characters",

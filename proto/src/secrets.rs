@@ -3,6 +3,10 @@
 //! (its own region's credentials, nobody else's), and the demo secrets that must never
 //! reach production.
 
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::config::{Config, DEMO_PSEUDONYMISATION_KEY};
 use crate::ids::RegionId;
 use crate::privacy::hash_api_key;
@@ -16,6 +20,41 @@ pub const DEMO_API_KEYS: [&str; 4] = [
 ];
 
 const REDACTED: &str = "***";
+
+/// Writes a secret's own value: a configuration serialised whole is one written for a
+/// process to read (tools and tests do); what people see goes through
+/// [`Config::redacted`] first, and Debug never shows a secret.
+pub fn serialize_secret<S: serde::Serializer>(
+    secret: &SecretString,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose_secret())
+}
+
+pub fn serialize_optional_secret<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => serializer.serialize_some(secret.expose_secret()),
+        None => serializer.serialize_none(),
+    }
+}
+
+pub fn serialize_secret_map<S: serde::Serializer>(
+    secrets: &BTreeMap<String, SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(
+        secrets
+            .iter()
+            .map(|(id, secret)| (id, secret.expose_secret())),
+    )
+}
+
+fn redacted_secret() -> SecretString {
+    SecretString::from(REDACTED)
+}
 
 /// How the example config's public demo keys begin: nobody's real key does.
 pub const DEMO_KEY_MARK: &str = "de0de0de";
@@ -82,7 +121,7 @@ impl Config {
     /// path and query of webhook URLs.
     pub fn redacted(&self) -> Config {
         let mut config = self.clone();
-        config.scheduler.pseudonymisation_key = REDACTED.to_string();
+        config.scheduler.pseudonymisation_key = redacted_secret();
         for url in [
             &mut config.scheduler.amqp_url,
             &mut config.scheduler.database_url,
@@ -101,10 +140,10 @@ impl Config {
                 .into_iter()
                 .flatten()
             {
-                *secret = REDACTED.to_string();
+                *secret = redacted_secret();
             }
             for key in region.message_keys.values_mut() {
-                *key = REDACTED.to_string();
+                *key = redacted_secret();
             }
         }
         for tenant in config.tenants.values_mut() {
@@ -112,7 +151,7 @@ impl Config {
                 redact_options(&mut store.store_options);
             }
             if let Some(webhook) = &mut tenant.webhook {
-                webhook.secret = REDACTED.to_string();
+                webhook.secret = redacted_secret();
                 webhook.url = redact_webhook_url(&webhook.url);
             }
         }
@@ -124,7 +163,7 @@ impl Config {
     /// theirs) and nothing secret; the control plane's secrets are dropped.
     pub fn for_region(&self, region: &RegionId) -> Config {
         let mut config = self.clone();
-        config.scheduler.pseudonymisation_key.clear();
+        config.scheduler.pseudonymisation_key = SecretString::default();
         config.scheduler.amqp_url = None;
         config.scheduler.database_url = None;
         for (id, other) in config.regions.iter_mut() {
@@ -163,29 +202,18 @@ impl Config {
     /// The fields that hold the public demo secrets of the example config.
     pub fn demo_secrets(&self) -> Vec<String> {
         let mut fields = Vec::new();
-        if self.scheduler.pseudonymisation_key == DEMO_PSEUDONYMISATION_KEY {
+        if self.scheduler.pseudonymisation_key.expose_secret() == DEMO_PSEUDONYMISATION_KEY {
             fields.push("scheduler.pseudonymisation_key".to_string());
         }
         for (id, region) in &self.regions {
-            if region
-                .receipt_key
-                .as_deref()
-                .is_some_and(|k| k.starts_with(DEMO_KEY_MARK))
-            {
+            let is_demo = |key: &SecretString| key.expose_secret().starts_with(DEMO_KEY_MARK);
+            if region.receipt_key.as_ref().is_some_and(is_demo) {
                 fields.push(format!("regions.{id}.receipt_key"));
             }
-            if region
-                .download_key
-                .as_deref()
-                .is_some_and(|k| k.starts_with(DEMO_KEY_MARK))
-            {
+            if region.download_key.as_ref().is_some_and(is_demo) {
                 fields.push(format!("regions.{id}.download_key"));
             }
-            if region
-                .message_keys
-                .values()
-                .any(|k| k.starts_with(DEMO_KEY_MARK))
-            {
+            if region.message_keys.values().any(is_demo) {
                 fields.push(format!("regions.{id}.message_keys"));
             }
         }
@@ -242,6 +270,65 @@ mod tests {
             text.contains("rabbit:5672/eu") && text.contains("key-eu"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn debug_shows_no_secret_of_a_whole_config_nor_of_its_parts() {
+        let mut config = configured();
+        config.scheduler.pseudonymisation_key = "s3cret-pseudonyms".into();
+        let tenant = config.tenants.values_mut().next().unwrap();
+        tenant.webhook = Some(crate::config::Webhook {
+            url: "https://hooks.example.com/services/s3cret-path".into(),
+            secret: "s3cret-webhook-signing".into(),
+        });
+        let region = config.regions.values().next().unwrap();
+        let receipt_seed = region
+            .receipt_key
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_string();
+        let message_key = region
+            .message_keys
+            .values()
+            .next()
+            .unwrap()
+            .expose_secret()
+            .to_string();
+        let whole = format!("{config:?} {config:#?}");
+        // A part taken out of the configuration: its keys are SecretStrings.
+        let parts = format!("{:?} {:?}", config.regions, config.tenants);
+        for text in [&whole, &parts] {
+            for secret in [
+                "s3cret-pseudonyms",
+                "s3cret-webhook-signing",
+                &receipt_seed,
+                &message_key,
+            ] {
+                assert!(!text.contains(secret), "{secret} in {text}");
+            }
+        }
+        for secret in [
+            "s3cret-broker",
+            "s3cret-db",
+            "s3cret-store-eu",
+            "s3cret-path",
+        ] {
+            assert!(!whole.contains(secret), "{secret} in {whole}");
+        }
+        // What tells settings apart is still there.
+        assert!(
+            whole.contains("rabbit:5672/eu") && whole.contains("key-eu"),
+            "{whole}"
+        );
+        // Serialised for a process to read, the secrets are all there.
+        let written = toml::to_string(&config).unwrap();
+        let read = Config::from_toml_str(&written).unwrap();
+        assert_eq!(
+            read.scheduler.pseudonymisation_key.expose_secret(),
+            "s3cret-pseudonyms"
+        );
+        assert!(written.contains(&receipt_seed) && written.contains("s3cret-webhook-signing"));
     }
 
     #[test]

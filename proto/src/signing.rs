@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 const DOMAIN: &[u8] = b"locality-message-v2\n";
@@ -92,12 +93,15 @@ fn mac(key: &[u8], context: &Context<'_>, body: &[u8]) -> Hmac<Sha256> {
 impl MessageKeys {
     /// Checks a region's `message_keys` and `message_key_id` (none at all is allowed
     /// here; the distributed commands require them).
-    pub fn check(keys: &BTreeMap<String, String>, signing_id: Option<&str>) -> Result<(), String> {
+    pub fn check(
+        keys: &BTreeMap<String, SecretString>,
+        signing_id: Option<&str>,
+    ) -> Result<(), String> {
         for (id, key) in keys {
             if id.is_empty() || id.contains(':') {
                 return Err(format!("key id {id:?} must be non-empty and without ':'"));
             }
-            if !hex::decode(key).is_ok_and(|key| key.len() >= MIN_KEY_BYTES) {
+            if !hex::decode(key.expose_secret()).is_ok_and(|key| key.len() >= MIN_KEY_BYTES) {
                 return Err(format!(
                     "key {id:?} must be at least {MIN_KEY_BYTES} bytes as hex (`locality keygen` makes one)"
                 ));
@@ -113,11 +117,11 @@ impl MessageKeys {
     }
 
     /// The keys (`regions.ID.message_keys`, hex) with the one that signs, if any.
-    pub fn new(keys: &BTreeMap<String, String>, signing_id: Option<&str>) -> Option<Self> {
+    pub fn new(keys: &BTreeMap<String, SecretString>, signing_id: Option<&str>) -> Option<Self> {
         let signing_id = signing_id?.to_string();
         let keys: BTreeMap<String, Vec<u8>> = keys
             .iter()
-            .filter_map(|(id, key)| Some((id.clone(), hex::decode(key).ok()?)))
+            .filter_map(|(id, key)| Some((id.clone(), hex::decode(key.expose_secret()).ok()?)))
             .collect();
         keys.contains_key(&signing_id)
             .then_some(Self { signing_id, keys })
@@ -154,9 +158,9 @@ impl MessageKeys {
 mod tests {
     use super::*;
 
-    fn keys(keys: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn keys(keys: &[(&str, &str)]) -> BTreeMap<String, SecretString> {
         keys.iter()
-            .map(|(id, key)| (id.to_string(), key.to_string()))
+            .map(|(id, key)| (id.to_string(), SecretString::from(*key)))
             .collect()
     }
 

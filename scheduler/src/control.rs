@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use locality_proto::config::ExposeSecret;
 use locality_proto::privacy::IpPseudonymiser;
 use locality_proto::{Config, ErrorCode, Priority, RegionId, TenantId};
 use tokio::sync::Notify;
@@ -119,7 +120,11 @@ impl Control {
         }
         let key = self.store.ip_period_key(period, now).await?;
         let pseudonymiser = Arc::new(IpPseudonymiser::new(
-            self.config.scheduler.pseudonymisation_key.as_bytes(),
+            self.config
+                .scheduler
+                .pseudonymisation_key
+                .expose_secret()
+                .as_bytes(),
             period,
             &key,
         ));

@@ -10,6 +10,7 @@ use locality_proto::audit::{
     after_filed_records, asset_pseudonym, audit_key_from_receipt_seed, day_of, subject_pseudonym,
     tenant_audit_prefix, tenant_days_prefix, AuditKind, AuditRecord, RegionSummary,
 };
+use locality_proto::config::ExposeSecret;
 use locality_proto::keys::{subject_and_asset_of_original, NO_SUBJECT};
 use locality_proto::time::{now_millis, rfc3339, Millis};
 use locality_proto::{Config, TenantId};
@@ -108,8 +109,8 @@ impl AuditLog {
         // The receipt key was checked when the configuration was validated.
         let subject_key = config.regions[stores.region()]
             .receipt_key
-            .as_deref()
-            .and_then(|seed| hex::decode(seed).ok())
+            .as_ref()
+            .and_then(|seed| hex::decode(seed.expose_secret()).ok())
             .map(|seed| Arc::from(audit_key_from_receipt_seed(&seed)));
         Self {
             store: stores.own().clone(),

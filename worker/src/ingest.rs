@@ -25,6 +25,7 @@ use locality_http::{
     authenticate, closing, declared_length, metrics_response, upload_created, upload_location,
     ApiError, ApiQuery, SourceQuery,
 };
+use locality_proto::config::ExposeSecret;
 use locality_proto::{Config, ErrorCode, RegionId, TenantId};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -509,9 +510,9 @@ impl Downloads {
         let regions = stores
             .into_iter()
             .filter_map(|stores| {
-                let key = config.regions[stores.region()].download_key.as_deref()?;
+                let key = config.regions[stores.region()].download_key.as_ref()?;
                 // Checked when the configuration was validated.
-                let key = hex::decode(key).ok()?;
+                let key = hex::decode(key.expose_secret()).ok()?;
                 Some((stores.region().clone(), (stores, key)))
             })
             .collect();

@@ -37,7 +37,7 @@ pub fn add_tenant(config: &mut Config, webhook_url: &str) {
     tenant.broker_user = Some("acme-pipeline".into());
     tenant.webhook = Some(Webhook {
         url: webhook_url.to_string(),
-        secret: WEBHOOK_SECRET.to_string(),
+        secret: WEBHOOK_SECRET.into(),
     });
     config
         .tenants

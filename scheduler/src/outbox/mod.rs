@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use locality_proto::backoff::Backoff;
+use locality_proto::config::ExposeSecret;
 use locality_proto::webhook_target::AllowedNetworks;
 use locality_proto::TenantId;
 use serde::Serialize;
@@ -246,7 +247,11 @@ async fn attempt(
         Err(err) => return refused(err.to_string()),
     };
     let timestamp = now_millis() / 1000;
-    let signature = signature_header(&webhook.secret, timestamp, delivery.body.as_bytes());
+    let signature = signature_header(
+        webhook.secret.expose_secret(),
+        timestamp,
+        delivery.body.as_bytes(),
+    );
     let response = client
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")

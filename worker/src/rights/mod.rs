@@ -19,6 +19,7 @@ pub mod tombstone;
 use std::sync::Arc;
 use std::time::Duration;
 
+use locality_proto::config::ExposeSecret;
 use locality_proto::gdpr::RegionRequest;
 use locality_proto::time::now_millis;
 use locality_proto::{Config, ErrorCode, RegionId};
@@ -58,13 +59,13 @@ impl RightsContext {
         let own = &config.regions[&id];
         let receipt_key = own
             .receipt_key
-            .as_deref()
-            .and_then(|seed| locality_proto::gdpr::receipt_key(seed).ok())
+            .as_ref()
+            .and_then(|seed| locality_proto::gdpr::receipt_key(seed.expose_secret()).ok())
             .ok_or_else(|| MissingKey::Receipt { region: id.clone() })?;
         let download_key = own
             .download_key
-            .as_deref()
-            .and_then(|key| hex::decode(key).ok())
+            .as_ref()
+            .and_then(|key| hex::decode(key.expose_secret()).ok())
             .ok_or(MissingKey::Download { region: id })?;
         Ok(Self {
             tombstones: Tombstones::new(region.stores().own().clone()),
