@@ -33,31 +33,6 @@ pub struct Config {
     pub rights: RightsConfig,
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Keys are SecretStrings already; URLs with passwords, store options and webhook
-        // URLs are strings, so the whole copy is redacted first.
-        let Config {
-            scheduler,
-            regions,
-            tenants,
-            limits,
-            jobs,
-            retention,
-            rights,
-        } = self.redacted();
-        f.debug_struct("Config")
-            .field("scheduler", &scheduler)
-            .field("regions", &regions)
-            .field("tenants", &tenants)
-            .field("limits", &limits)
-            .field("jobs", &jobs)
-            .field("retention", &retention)
-            .field("rights", &rights)
-            .finish()
-    }
-}
-
 /// How erasures and exports are carried through outages.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,7 +107,7 @@ pub struct SchedulerConfig {
     /// rotation period that the control store keeps only while its period lasts.
     #[serde(
         default = "default_pseudonymisation_key",
-        serialize_with = "crate::secrets::serialize_secret"
+        serialize_with = "secret_values::serialize"
     )]
     pub pseudonymisation_key: SecretString,
     /// Hours of one client-IP pseudonym period: within one, the same network (IPv4 /24,
@@ -223,7 +198,7 @@ pub struct RegionConfig {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "crate::secrets::serialize_optional_secret"
+        serialize_with = "secret_values::serialize_optional"
     )]
     pub receipt_key: Option<SecretString>,
     /// The public key (hex) of `receipt_key`: the control plane records only receipts
@@ -235,7 +210,7 @@ pub struct RegionConfig {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "crate::secrets::serialize_optional_secret"
+        serialize_with = "secret_values::serialize_optional"
     )]
     pub download_key: Option<SecretString>,
     /// Keys (id -> hex, at least 32 bytes) that sign the messages between the scheduler
@@ -245,7 +220,7 @@ pub struct RegionConfig {
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
-        serialize_with = "crate::secrets::serialize_secret_map"
+        serialize_with = "secret_values::serialize_map"
     )]
     pub message_keys: BTreeMap<String, SecretString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,7 +334,7 @@ impl Default for TenantQuota {
 pub struct Webhook {
     pub url: String,
     /// Shared secret of the HMAC-SHA256 signature in `Locality-Signature`.
-    #[serde(serialize_with = "crate::secrets::serialize_secret")]
+    #[serde(serialize_with = "secret_values::serialize")]
     pub secret: SecretString,
 }
 
@@ -744,5 +719,42 @@ impl Config {
             }
         }
         found
+    }
+}
+
+mod secret_values {
+    //! A configuration serialised whole is one written for a process to read (tools and
+    //! tests do), so it carries the secrets' own values; what people see goes through
+    //! `Config::redacted` first, and Debug never shows a secret.
+    use std::collections::BTreeMap;
+
+    use secrecy::{ExposeSecret, SecretString};
+
+    pub fn serialize<S: serde::Serializer>(
+        secret: &SecretString,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(secret.expose_secret())
+    }
+
+    pub fn serialize_optional<S: serde::Serializer>(
+        secret: &Option<SecretString>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match secret {
+            Some(secret) => serializer.serialize_some(secret.expose_secret()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn serialize_map<S: serde::Serializer>(
+        secrets: &BTreeMap<String, SecretString>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            secrets
+                .iter()
+                .map(|(id, secret)| (id, secret.expose_secret())),
+        )
     }
 }

@@ -3,8 +3,6 @@
 //! (its own region's credentials, nobody else's), and the demo secrets that must never
 //! reach production.
 
-use std::collections::BTreeMap;
-
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, DEMO_PSEUDONYMISATION_KEY};
@@ -21,35 +19,29 @@ pub const DEMO_API_KEYS: [&str; 4] = [
 
 const REDACTED: &str = "***";
 
-/// Writes a secret's own value: a configuration serialised whole is one written for a
-/// process to read (tools and tests do); what people see goes through
-/// [`Config::redacted`] first, and Debug never shows a secret.
-pub fn serialize_secret<S: serde::Serializer>(
-    secret: &SecretString,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(secret.expose_secret())
-}
-
-pub fn serialize_optional_secret<S: serde::Serializer>(
-    secret: &Option<SecretString>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match secret {
-        Some(secret) => serializer.serialize_some(secret.expose_secret()),
-        None => serializer.serialize_none(),
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys are SecretStrings already; URLs with passwords, store options and webhook
+        // URLs are strings, so the whole copy is redacted first.
+        let Config {
+            scheduler,
+            regions,
+            tenants,
+            limits,
+            jobs,
+            retention,
+            rights,
+        } = self.redacted();
+        f.debug_struct("Config")
+            .field("scheduler", &scheduler)
+            .field("regions", &regions)
+            .field("tenants", &tenants)
+            .field("limits", &limits)
+            .field("jobs", &jobs)
+            .field("retention", &retention)
+            .field("rights", &rights)
+            .finish()
     }
-}
-
-pub fn serialize_secret_map<S: serde::Serializer>(
-    secrets: &BTreeMap<String, SecretString>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(
-        secrets
-            .iter()
-            .map(|(id, secret)| (id, secret.expose_secret())),
-    )
 }
 
 fn redacted_secret() -> SecretString {
