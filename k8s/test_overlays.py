@@ -14,7 +14,7 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REGIONS = {"eu": "eu-central-1", "ca": "ca-central-1", "sg": "ap-southeast-1"}
-# limits.job_timeout_seconds and the memory bound of the README's "How memory is bounded".
+# limits.job_timeout_seconds and the memory bound of docs/limits.md, "How memory is bounded".
 JOB_TIMEOUT_SECONDS = 300
 WORKER_MEMORY_MIB = 30 + 1024 + 16 * 15 + 64
 
@@ -39,7 +39,7 @@ def mebibytes(quantity):
 
 
 def dummy_secret(key):
-    """A value of the right shape for each key a Secret of the README holds."""
+    """A value of the right shape for each key a Secret of k8s/README.md holds."""
     if key.endswith("amqp-url") or key == "amqp-scaler-url":
         return "amqp://user:password@broker.invalid:5672/vhost"
     if key == "database-url":

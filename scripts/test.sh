@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/build-deps.sh
 # Dependencies: advisories, licences, duplicate crates and sources (deny.toml).
 scripts/check-deps.sh
+# The manual: mdBook builds docs/ and checks its links.
+scripts/check-docs.sh
 STATE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/locality-test.XXXXXX")
 trap 'scripts/services-down.sh "$STATE_DIR"; rm -rf "$STATE_DIR"' EXIT
 SERVICES=$(scripts/services-up.sh "$STATE_DIR")

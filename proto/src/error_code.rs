@@ -1,6 +1,6 @@
 //! Every stable, machine-readable code Locality answers with: refusals at a door
 //! (HTTP or AMQP), job failures in results, and errors of the HTTP API. Serialised
-//! as snake_case strings; the README's table of codes is checked against [`ErrorCode::ALL`].
+//! as snake_case strings; the table of codes in docs/api.md is checked against [`ErrorCode::ALL`].
 
 use std::fmt;
 
@@ -27,7 +27,7 @@ macro_rules! error_codes {
         }
 
         impl ErrorCode {
-            /// Every code, in the order of the README's table.
+            /// Every code, in the order of docs/api.md's table.
             pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),+];
 
             pub fn as_str(self) -> &'static str {

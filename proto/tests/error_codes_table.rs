@@ -1,16 +1,16 @@
-//! The README's table of error codes lists exactly `ErrorCode::ALL`, in order, with
+//! The API chapter's table of error codes (docs/api.md) lists exactly `ErrorCode::ALL`, in order, with
 //! each code's HTTP status and whether it is retried.
 
 use locality_proto::{ErrorCode, Recovery};
 
-const README: &str = include_str!("../../README.md");
+const API_DOCS: &str = include_str!("../../docs/api.md");
 
 #[test]
-fn the_readme_lists_every_error_code_with_its_status_and_recovery() {
-    let section = README
+fn the_api_docs_list_every_error_code_with_its_status_and_recovery() {
+    let section = API_DOCS
         .split("## Error codes")
         .nth(1)
-        .expect("the README has an Error codes section");
+        .expect("docs/api.md has an Error codes section");
     let rows: Vec<Vec<String>> = section
         .lines()
         .skip_while(|line| !line.starts_with("| code"))
@@ -42,6 +42,6 @@ fn the_readme_lists_every_error_code_with_its_status_and_recovery() {
             Recovery::Abort => "no",
         };
         assert_eq!(row[2], retried, "recovery of {code}");
-        assert!(!row[3].is_empty(), "{code} has no meaning in the README");
+        assert!(!row[3].is_empty(), "{code} has no meaning in docs/api.md");
     }
 }

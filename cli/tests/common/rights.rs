@@ -130,16 +130,16 @@ impl Drop for WebhookReceiver {
     }
 }
 
-/// Runs the README's webhook verification snippet (Python) on each (header, body) with
-/// `secret`; true where it accepts the delivery.
+/// Runs the webhook verification snippet (Python) of docs/rights.md on each (header,
+/// body) with `secret`; true where it accepts the delivery.
 pub fn readme_verifies(secret: &str, deliveries: &[Delivery]) -> Vec<bool> {
     let readme = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/rights.md"),
     )
     .unwrap();
     let after = readme
         .split_once("<!-- webhook-verify -->")
-        .expect("the README marks its webhook check")
+        .expect("docs/rights.md marks its webhook check")
         .1;
     let code = after
         .split_once("```python\n")
@@ -163,7 +163,7 @@ pub fn readme_verifies(secret: &str, deliveries: &[Delivery]) -> Vec<bool> {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{python} runs the README's snippet: {e}"));
+        .unwrap_or_else(|e| panic!("{python} runs the docs' snippet: {e}"));
     use std::io::Write;
     child
         .stdin
@@ -172,7 +172,7 @@ pub fn readme_verifies(secret: &str, deliveries: &[Delivery]) -> Vec<bool> {
         .write_all(serde_json::to_string(&input).unwrap().as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "the README's snippet failed");
+    assert!(output.status.success(), "the docs' snippet failed");
     String::from_utf8(output.stdout)
         .unwrap()
         .lines()
@@ -532,7 +532,7 @@ pub struct Erased {
 /// issued while 30 of her jobs are in flight. Checks that nothing of her is left in
 /// any store, that the others are untouched, that the signed receipts count exactly
 /// the purged keys, that every purged key was announced (webhook, and broker where
-/// there is one) with signatures the README's check accepts, and that a new upload
+/// there is one) with signatures the check in docs/rights.md accepts, and that a new upload
 /// of hers afterwards works.
 pub async fn erasure_scenario(
     d: &impl Deployment,
@@ -726,13 +726,13 @@ pub async fn erasure_scenario(
         );
     }
 
-    // Every delivery is signed as the README says; a tampered one is not accepted.
+    // Every delivery is signed as docs/rights.md says; a tampered one is not accepted.
     let deliveries = hooks.deliveries();
     let verdicts = readme_verifies(WEBHOOK_SECRET, &deliveries);
     assert_eq!(verdicts.len(), deliveries.len());
     assert!(
         verdicts.iter().all(|ok| *ok),
-        "{}: a delivery the README's check refuses",
+        "{}: a delivery the docs' check refuses",
         d.name()
     );
     let mut tampered = deliveries[0].clone();
