@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 pub use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,7 @@ use crate::stores::StoreIdentity;
 
 /// The whole configuration file. Unknown fields are errors so typos fail loudly.
 /// Debug shows it redacted (see [`Config::redacted`]).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -34,7 +35,7 @@ pub struct Config {
 }
 
 /// How erasures and exports are carried through outages.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RightsConfig {
     /// Seconds a region's part of an erasure or export is tried, through store and
@@ -55,10 +56,11 @@ impl Default for RightsConfig {
 }
 
 /// How each region's sweeper deletes what has expired (tenants' `retention_days`).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// Seconds between sweeps of a region's store by its workers (one at a time).
+    /// Seconds between sweeps of a region's store by its workers (one at a time;
+    /// `locality up` sweeps each region itself).
     pub sweep_interval_seconds: u64,
     /// Days each region keeps its record of processing (the `.audit/` area).
     pub audit_retention_days: u32,
@@ -74,7 +76,7 @@ impl Default for RetentionConfig {
 }
 
 /// How the control plane keeps job records.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsConfig {
     /// Days a job record (status, outputs' keys, error, timings, client IP pseudonym)
@@ -97,7 +99,7 @@ impl Default for JobsConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
     /// Address the HTTP API listens on.
@@ -109,6 +111,7 @@ pub struct SchedulerConfig {
         default = "default_pseudonymisation_key",
         serialize_with = "secret_values::serialize"
     )]
+    #[schemars(with = "String")]
     pub pseudonymisation_key: SecretString,
     /// Hours of one client-IP pseudonym period: within one, the same network (IPv4 /24,
     /// IPv6 /48) gets the same pseudonym; across periods they cannot be linked.
@@ -166,7 +169,7 @@ impl Default for SchedulerConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionConfig {
     /// Human-readable location, e.g. "European Union (Frankfurt)".
@@ -176,7 +179,7 @@ pub struct RegionConfig {
     #[serde(default)]
     pub store: Option<String>,
     /// Options of the store (object_store's keys: `endpoint`, `region`, `access_key_id`,
-    /// `secret_access_key`, `allow_http`, ...). Secrets are better given through the
+    /// `secret_access_key`, `allow_http`, ...; unknown names are errors). Secrets are better given through the
     /// environment: `LOCALITY__REGIONS__EU__STORE_OPTIONS__SECRET_ACCESS_KEY`.
     #[serde(
         default,
@@ -200,6 +203,7 @@ pub struct RegionConfig {
         skip_serializing_if = "Option::is_none",
         serialize_with = "secret_values::serialize_optional"
     )]
+    #[schemars(with = "Option<String>")]
     pub receipt_key: Option<SecretString>,
     /// The public key (hex) of `receipt_key`: the control plane records only receipts
     /// it verifies, and anyone can check a receipt with it (`locality receipt-key`).
@@ -212,6 +216,7 @@ pub struct RegionConfig {
         skip_serializing_if = "Option::is_none",
         serialize_with = "secret_values::serialize_optional"
     )]
+    #[schemars(with = "Option<String>")]
     pub download_key: Option<SecretString>,
     /// Keys (id -> hex, at least 32 bytes) that sign the messages between the scheduler
     /// and this region's workers, both ways (HMAC-SHA256). Every listed key verifies;
@@ -222,7 +227,9 @@ pub struct RegionConfig {
         skip_serializing_if = "BTreeMap::is_empty",
         serialize_with = "secret_values::serialize_map"
     )]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub message_keys: BTreeMap<String, SecretString>,
+    /// Id of the key in `message_keys` that signs; every listed key verifies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_key_id: Option<String>,
     /// Jobs the control plane keeps sent to the region and not finished, at the least;
@@ -250,14 +257,15 @@ impl RegionConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Regions this tenant's images may be processed and stored in.
     pub regions: Vec<RegionId>,
     /// Region used when a request names none.
     pub home: RegionId,
-    /// SHA-256 (hex) of the tenant's API key; the key itself is never stored.
+    /// SHA-256 (hex) of the tenant's API key (`printf %s KEY | sha256sum`); the key
+    /// itself is never stored.
     pub api_key_sha256: String,
     /// Days after which outputs are deleted by the retention sweep.
     #[serde(default = "default_retention_days")]
@@ -291,7 +299,7 @@ pub struct TenantConfig {
 
 /// A tenant's share of shared capacity and its limits. Capacity waiting is shared
 /// between the tenants of a region in proportion to their `weight`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantQuota {
     /// The tenant's share, relative to the other tenants of a region, of the jobs sent
@@ -329,20 +337,24 @@ impl Default for TenantQuota {
 /// A tenant's notification URL (what Cloudinary calls a notification URL): HTTPS to a
 /// public address, or plain HTTP to a network the operator allows
 /// (`scheduler.webhook_allowed_networks`; see [`crate::webhook_target`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
+    /// Where to POST: `https://` to a public address, or `http://` to an allowed network.
     pub url: String,
     /// Shared secret of the HMAC-SHA256 signature in `Locality-Signature`.
     #[serde(serialize_with = "secret_values::serialize")]
+    #[schemars(with = "String")]
     pub secret: SecretString,
 }
 
 /// A tenant's own store in one region (same URL forms and options as a region's store).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantStore {
+    /// Object store URL, as a region's `store`; refused when it is another region's store.
     pub store: String,
+    /// Options of the store, as a region's `store_options`.
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
@@ -404,9 +416,10 @@ fn default_retention_days() -> u32 {
     30
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preset {
+    /// The outputs a job naming the preset gets, as a job's `outputs`.
     pub outputs: Vec<OutputSpec>,
 }
 

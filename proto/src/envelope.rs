@@ -1,6 +1,7 @@
 //! The v1 job envelope (what upload pipelines submit) and the job message
 //! (what the scheduler hands to a regional worker after validation).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{check_name, RegionId, TenantId};
@@ -10,7 +11,7 @@ use crate::limits::Limits;
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// A transform job as submitted over HTTP (`POST /v1/jobs`) or AMQP (`locality.submit`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobEnvelope {
     /// Schema version; must be 1.
@@ -38,7 +39,7 @@ pub struct JobEnvelope {
     pub client_ip: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceRef {
     /// Key of the original under the tenant's area, as given to `PUT /v1/sources/{key}`.
@@ -48,7 +49,7 @@ pub struct SourceRef {
     pub region: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     /// Name of the output, unique within the job: `[A-Za-z0-9_-]{1,64}`.
@@ -94,7 +95,7 @@ impl OutputSpec {
 }
 
 /// How the source is fitted into `width` x `height`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Fit {
     /// Keep the aspect ratio, fit entirely inside the box.
@@ -106,7 +107,7 @@ pub enum Fit {
     Fill,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Jpeg,
@@ -145,7 +146,7 @@ impl ImageFormat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// A person is waiting: served before any batch work.
@@ -165,7 +166,7 @@ impl Priority {
 }
 
 /// One output after validation: defaults filled in and its object key fixed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResolvedOutput {
     pub name: String,
@@ -182,7 +183,7 @@ pub struct ResolvedOutput {
 /// What the scheduler hands to the worker pool of one region.
 ///
 /// It carries opaque keys and operations only: never image bytes, never a raw IP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobMessage {
     pub v: u32,

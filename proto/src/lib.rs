@@ -7,6 +7,7 @@
 //! - [`envelope`]: the v1 job envelope that upload pipelines submit, and the job message.
 //! - [`keys`]: where originals and outputs live in a region's object store.
 //! - [`config`]: regions and tenants, loaded from TOML and validated.
+//! - [`config_reference`]: the configuration's keys, for docs/configuration.md.
 //! - [`validate`]: envelopes checked against the configuration.
 //! - [`result`]: what a worker reports back about a job.
 //! - [`gdpr`]: erasure and export requests, signed receipts, purge events, tombstones.
@@ -19,6 +20,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod config;
+pub mod config_reference;
 pub mod envelope;
 pub mod error_code;
 pub mod gdpr;

@@ -1,9 +1,10 @@
 //! Limits that protect workers from hostile input, at the bottom of proto with the ids.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Limits that protect workers from hostile input. Checked from headers before decoding.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest source image, in pixels, that a worker will decode.
@@ -25,7 +26,8 @@ pub struct Limits {
     pub job_timeout_seconds: u64,
     /// Largest upload of an original, unless the tenant has its own (`tenants.ID.max_upload_bytes`).
     pub max_upload_bytes: u64,
-    /// Uploads a region's ingest endpoint receives at once; more wait, then get 503.
+    /// Uploads a region's ingest endpoint receives at once; more wait up to 5 s, then get
+    /// 503 `uploads_busy`.
     pub max_concurrent_uploads: usize,
     /// Seconds an upload may go without sending a byte before it is cut off.
     pub upload_idle_timeout_seconds: u64,
@@ -36,7 +38,8 @@ pub struct Limits {
     /// Deliveries of one job message before it is dead-lettered with a failed result
     /// (a message that keeps failing transiently, or keeps crashing its worker).
     pub delivery_limit: u32,
-    /// Attempts of one store operation on transient errors (backoff 0.1 s doubling).
+    /// Attempts of one store operation on transient errors (backoff from 0.1 s, doubling,
+    /// with jitter: about 6 s in all at the default).
     pub store_attempts: u32,
     /// Days a message stays in a dead-letter queue before the broker drops it.
     pub dead_letter_ttl_days: u32,
