@@ -125,6 +125,9 @@ enum Command {
     },
     /// Print the manual page (roff): `locality man > locality.1 && man ./locality.1`.
     Man,
+    /// Print the OpenAPI 3.1 description of the HTTP API (YAML), generated from the code;
+    /// docs/openapi.yaml is its output.
+    Openapi,
 }
 
 fn main() -> std::process::ExitCode {
@@ -183,6 +186,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", locality_embedded::openapi().to_yaml()?);
             Ok(())
         }
         Command::PrintConfig => {

@@ -18,7 +18,7 @@ use locality_proto::gdpr::RegionRequest;
 use locality_proto::{Config, JobMessage, RegionId};
 use locality_scheduler::store::StoreError as ControlStoreError;
 use locality_scheduler::{Control, ControlStore, DispatchError, JobDispatch, Region, SourceStore};
-use locality_worker::ingest::{downloads_router, Downloads, Uploads};
+use locality_worker::ingest::{downloads_openapi, downloads_router, Downloads, Uploads};
 use locality_worker::rights::retention::run_periodically;
 use locality_worker::rights::MissingKey;
 use locality_worker::serve::serve;
@@ -270,4 +270,13 @@ impl Embedded {
             }
         }
     }
+}
+
+/// The OpenAPI description of everything `locality up` serves: the scheduler's API and
+/// the export downloads, which in the distributed mode each region's endpoint serves.
+/// `locality openapi` prints it; docs/openapi.yaml is it, checked by a test.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut openapi = locality_scheduler::http::openapi().merge_from(downloads_openapi());
+    locality_http::openapi::finish(&mut openapi);
+    openapi
 }

@@ -4,10 +4,12 @@
 
 pub mod body;
 pub mod metrics;
+pub mod openapi;
 pub mod serve;
 
 pub use body::read_body;
 pub use metrics::{register_process_metrics, HttpMetrics};
+pub use openapi::{ErrorBody, StoredSource};
 pub use serve::{client_network, serve, ServeLimits};
 
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,7 +19,6 @@ use locality_proto::keys::AssetLocation;
 use locality_proto::validate::{asset_location, resolve_region};
 use locality_proto::{Config, ErrorCode, Refusal, RegionId, TenantId};
 use serde::Deserialize;
-use serde_json::json;
 
 /// Query parameters whose refusal is the API's own JSON error (`invalid_field`, 422),
 /// like every other refusal, instead of axum's plain-text 400.
@@ -76,8 +77,8 @@ impl From<Refusal> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status(), Json(body)).into_response()
+        let status = self.status();
+        (status, Json(ErrorBody::from(self))).into_response()
     }
 }
 
@@ -147,11 +148,17 @@ pub fn identify(config: &Config, headers: &HeaderMap) -> Result<Caller, ApiError
 }
 
 /// The query of `PUT /v1/sources/{key}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SourceQuery {
+    /// One of the tenant's regions; its home region when absent.
     pub region: Option<String>,
+    /// Pseudonymous id of the person the image is about (`[A-Za-z0-9_-]{1,64}`).
+    #[param(pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")]
     pub subject: Option<String>,
+    /// Id grouping the original with its outputs; derived from the key when absent.
+    #[param(pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")]
     pub asset: Option<String>,
 }
 
@@ -181,14 +188,14 @@ pub fn upload_created(
     location: &AssetLocation,
     bytes: usize,
 ) -> Response {
-    let body = json!({
-        "key": key,
-        "region": region,
-        "object_key": object_key,
-        "subject": location.subject,
-        "asset": location.asset,
-        "bytes": bytes,
-    });
+    let body = StoredSource {
+        key: key.to_string(),
+        region: region.clone(),
+        object_key: object_key.to_string(),
+        subject: location.subject.clone(),
+        asset: location.asset.clone(),
+        bytes: bytes as u64,
+    };
     (StatusCode::CREATED, Json(body)).into_response()
 }
 

@@ -11,56 +11,81 @@ use crate::limits::Limits;
 pub const ENVELOPE_VERSION: u32 = 1;
 
 /// A transform job as submitted over HTTP (`POST /v1/jobs`) or AMQP (`locality.submit`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobEnvelope {
     /// Schema version; must be 1.
+    #[schema(minimum = 1, maximum = 1)]
     pub v: u32,
+    /// The tenant whose API key authenticates the request.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,63}$")]
     pub tenant: String,
     pub source: SourceRef,
     /// Pseudonymous id of the person the image is about; makes their files one prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")]
     pub subject: Option<String>,
     /// Id grouping an original with its outputs; derived from the source key when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")]
     pub asset: Option<String>,
+    /// The outputs to make (with a preset's, if one is named): at most
+    /// `limits.max_outputs_per_job` (16 by default), names unique, at least one in all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
     pub outputs: Vec<OutputSpec>,
     /// Name of a tenant preset, used instead of (or in addition to) `outputs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
     #[serde(default)]
     pub priority: Priority,
-    /// Resubmitting with the same key returns the first job instead of a new one.
+    /// Resubmitting with the same key returns the first job instead of a new one
+    /// (1 to 128 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[ -~]{1,128}$")]
     pub idempotency_key: Option<String>,
-    /// End user's IP; pseudonymised on arrival and never stored raw.
+    /// End user's IP (IPv4, or IPv6); pseudonymised on arrival and never stored raw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])$"
+    )]
     pub client_ip: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceRef {
-    /// Key of the original under the tenant's area, as given to `PUT /v1/sources/{key}`.
+    /// Key of the original under the tenant's area, as given to `PUT /v1/sources/{key}`:
+    /// segments of `A-Z a-z 0-9 - _ .` (not `.` or `..`, at most 200 bytes) joined by `/`,
+    /// at most 512 bytes.
+    #[schema(
+        max_length = 512,
+        pattern = r"^(?!\.\.?(/|$))(?!.*/\.\.?(/|$))[A-Za-z0-9_.-]{1,200}(/[A-Za-z0-9_.-]{1,200})*$"
+    )]
     pub key: String,
     /// Region holding the original; the tenant's home region when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     /// Name of the output, unique within the job: `[A-Za-z0-9_-]{1,64}`.
+    #[schema(pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
+    /// At most `limits.max_output_side` (8192 by default); the sum of a job's output
+    /// areas at most `limits.max_output_pixels`.
+    #[schema(minimum = 1, maximum = 8192)]
     pub width: u32,
+    #[schema(minimum = 1, maximum = 8192)]
     pub height: u32,
     #[serde(default)]
     pub fit: Fit,
     pub format: ImageFormat,
     /// 1 to 100; a per-format default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub quality: Option<u8>,
     /// Allow the output to be larger than the source. Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -95,7 +120,9 @@ impl OutputSpec {
 }
 
 /// How the source is fitted into `width` x `height`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Fit {
     /// Keep the aspect ratio, fit entirely inside the box.
@@ -107,7 +134,9 @@ pub enum Fit {
     Fill,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Jpeg,
@@ -146,7 +175,9 @@ impl ImageFormat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// A person is waiting: served before any batch work.

@@ -19,7 +19,7 @@ pub enum Recovery {
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $variant:ident = $text:literal, http $status:literal, $recovery:ident; )+) => {
         /// A stable code. `http_status` is the status of an HTTP answer carrying it.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = "snake_case")]
         #[non_exhaustive]
         pub enum ErrorCode {

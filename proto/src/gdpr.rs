@@ -32,7 +32,7 @@ use crate::keys::{subject_prefix, tenant_prefix, EXPORTS};
 use crate::time::Millis;
 
 /// What an erasure covers within one tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ErasureScope {
     /// Everything of one data subject.
@@ -292,7 +292,7 @@ pub struct ExportRequest {
 }
 
 /// A region's account of its part of an erasure, signed by the region.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErasureReceipt {
     /// 2 for receipts that sign the request time and what was kept; 1 for older ones.
     #[serde(default = "receipt_v1")]

@@ -11,14 +11,34 @@ use serde::{Deserialize, Serialize};
 
 /// Identifier of a region, such as `eu`: lowercase letters, digits and `-`.
 #[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(try_from = "String", into = "String")]
 pub struct RegionId(String);
 
 /// Identifier of a tenant, such as `demo-eu`: lowercase letters, digits and `-`.
 #[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    utoipa::ToSchema,
 )]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);

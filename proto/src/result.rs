@@ -27,7 +27,7 @@ impl JobOutcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -47,7 +47,7 @@ impl From<JobOutcome> for JobStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutputInfo {
     pub name: String,
     pub key: String,
@@ -59,7 +59,7 @@ pub struct OutputInfo {
 }
 
 /// Milliseconds spent in each stage of one job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageTimings {
     pub fetch_ms: f64,
     pub decode_ms: f64,
@@ -70,7 +70,7 @@ pub struct StageTimings {
 }
 
 /// A stable machine-readable code plus a sentence for people.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub code: ErrorCode,
     pub message: String,

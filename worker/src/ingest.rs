@@ -524,25 +524,67 @@ impl Downloads {
 
 /// `GET /v1/exports/{export_id}/{file}`, for the regions of `downloads`.
 pub fn downloads_router<S: Clone + Send + Sync + 'static>(downloads: Downloads) -> Router<S> {
-    Router::new()
-        .route("/v1/exports/{export_id}/{file}", get(download_export))
-        .with_state(downloads)
+    let (router, _) = download_routes().split_for_parts();
+    router.with_state(downloads)
+}
+
+fn download_routes() -> utoipa_axum::router::OpenApiRouter<Downloads> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(download_export))
+}
+
+/// The OpenAPI description of what a region's endpoint serves besides uploads: export
+/// downloads.
+pub fn downloads_openapi() -> utoipa::openapi::OpenApi {
+    download_routes().split_for_parts().1
 }
 
 /// The query of an export download link (see `locality_proto::gdpr::DownloadTarget`).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DownloadQuery {
     tenant: String,
     subject: String,
+    /// When the link expires, in milliseconds since the Unix epoch.
     expires: i64,
+    /// The region's signature over the export, file, tenant, subject and expiry (hex).
     signature: String,
 }
+
+/// An export's archive (tar) or manifest (JSON lines), as streamed.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct ExportFileBytes(Vec<u8>);
 
 /// `GET /v1/exports/{export_id}/{REGION.tar | REGION.manifest.jsonl}?tenant=&subject=&expires=&signature=`:
 /// an export's archive or manifest, streamed from its region's store, for whoever holds
 /// an unexpired link signed by that region. The bytes never leave the region any other
 /// way.
+#[utoipa::path(
+    get,
+    path = "/v1/exports/{export_id}/{file}",
+    tag = "rights",
+    operation_id = "downloadExportFile",
+    summary = "Download an export's archive or manifest from its region (the link `GET /v1/exports/{export_id}` gives).",
+    description = "Served by the region's own endpoint (`locality worker --listen`, or `locality up`), \
+        never by another region's. The link's signature is its authorisation: no API key.",
+    security(()),
+    params(
+        ("export_id" = String, Path, description = "The export's id."),
+        ("file" = String, Path, description = "`REGION.tar` or `REGION.manifest.jsonl`."),
+        DownloadQuery,
+    ),
+    responses(
+        (status = 200, description = "The file.", content(
+            (ExportFileBytes = "application/x-tar"),
+            (ExportFileBytes = "application/jsonl"),
+        )),
+        (status = 400, body = locality_http::ErrorBody), (status = 401, body = locality_http::ErrorBody),
+        (status = 404, body = locality_http::ErrorBody), (status = 410, body = locality_http::ErrorBody),
+        (status = 422, body = locality_http::ErrorBody), (status = 503, body = locality_http::ErrorBody),
+    ),
+)]
 async fn download_export(
     State(downloads): State<Downloads>,
     Path((export_id, file)): Path<(String, String)>,

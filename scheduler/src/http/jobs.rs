@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use locality_http::{
     authenticate, closing, declared_length, read_body, upload_created, upload_location, ApiError,
-    ApiQuery, SourceQuery,
+    ApiQuery, ErrorBody, SourceQuery, StoredSource,
 };
-use locality_proto::{ErrorCode, StageTimings};
-use serde_json::json;
+use locality_proto::{ErrorCode, JobEnvelope, JobStatus, StageTimings};
 use uuid::Uuid;
 
+use super::answers::{ImageBytes, JobAccepted, JobPage};
 use super::{refused, HttpState};
 use crate::jobs::{Origin, SubmitError, Submitted};
 use crate::regions::UploadRoute;
@@ -22,6 +22,36 @@ use crate::store::{JobFilter, JobRecord, StoreError};
 
 /// `PUT /v1/sources/{key}`: stores an original in the tenant's region, or, in the
 /// distributed mode, answers 307 with the region's ingest endpoint.
+#[utoipa::path(
+    put,
+    path = "/v1/sources/{*key}",
+    tag = "sources",
+    operation_id = "uploadSource",
+    summary = "Store an original in one of the tenant's regions.",
+    description = "`locality up` stores it and answers 201. In the distributed mode the scheduler \
+        answers 307 to the region's ingest endpoint without reading the body, and that \
+        endpoint stores it (201) or, for another region's key, answers 421.",
+    params(
+        ("key" = String, Path, description = "The original's key under the tenant's area: segments of `A-Z a-z 0-9 - _ .` joined by `/`.", max_length = 512, pattern = r"^(?!\.\.?(/|$))(?!.*/\.\.?(/|$))[A-Za-z0-9_.-]{1,200}(/[A-Za-z0-9_.-]{1,200})*$"),
+        SourceQuery,
+    ),
+    request_body(content(
+        (ImageBytes = "application/octet-stream"),
+        (ImageBytes = "image/jpeg"),
+        (ImageBytes = "image/png"),
+        (ImageBytes = "image/webp"),
+    )),
+    responses(
+        (status = 201, description = "Stored.", body = StoredSource),
+        (status = 307, description = "Send the body to the region's own ingest endpoint (Location).",
+            headers(("Location" = String, description = "The region's ingest endpoint"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 408, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 421, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn put_source(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -89,6 +119,25 @@ async fn place_source(
 /// `POST /v1/jobs`: validates, routes and enqueues a job; 202 with its id and region
 /// (200 with the first job when its idempotency key was used before). The body is read
 /// only once the caller is authenticated, within `limits.http_body_timeout_seconds`.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "submitJob",
+    summary = "Validate, record and enqueue a job.",
+    request_body = JobEnvelope,
+    responses(
+        (status = 200, description = "The same envelope with the same idempotency key was submitted before; its job.", body = JobAccepted),
+        (status = 202, description = "Accepted.", body = JobAccepted),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 408, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn submit_job(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -112,7 +161,11 @@ pub(super) async fn submit_job(
             } else {
                 StatusCode::OK
             };
-            let body = json!({ "job_id": record.job_id, "region": record.region, "status": record.status });
+            let body = JobAccepted {
+                job_id: record.job_id,
+                region: record.region,
+                status: record.status,
+            };
             (status, Json(body)).into_response()
         }
         Err(err) => submit_refusal(err),
@@ -139,6 +192,20 @@ pub(super) fn unavailable(err: StoreError) -> ApiError {
 /// `GET /v1/jobs/{id}`: status, outputs, error and timings of the tenant's own job;
 /// once it finished, its stage timings in `Server-Timing` too (browsers' dev tools
 /// show them next to the request).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{job_id}",
+    tag = "jobs",
+    operation_id = "getJob",
+    summary = "A job's status, outputs, error and timings.",
+    params(("job_id" = String, Path, description = "The id `POST /v1/jobs` answered.")),
+    responses(
+        (status = 200, description = "The job. Once it finished, `Server-Timing` carries its stage timings.", body = JobRecord,
+            headers(("Server-Timing" = String, description = "`fetch;dur=MS, decode;dur=MS, resize;dur=MS, encode;dur=MS, store;dur=MS, total;dur=MS`"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn job_status(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -182,12 +249,20 @@ fn server_timing(timings: &StageTimings) -> String {
 }
 
 /// The query of `GET /v1/jobs`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Jobs per page: 1 to 1000, 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
 
@@ -261,11 +336,24 @@ fn decode_cursor(cursor: &str) -> Result<(i64, Uuid), ApiError> {
 
 /// `GET /v1/jobs?status=&since=&limit=&cursor=`: the tenant's own jobs, oldest first;
 /// `next_cursor` fetches the page after this one.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "listJobs",
+    summary = "The tenant's own jobs, oldest first, paginated.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page.", body = JobPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn list_jobs(
     State(state): State<HttpState>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers)?;
     let filter = query.filter()?;
@@ -273,5 +361,5 @@ pub(super) async fn list_jobs(
     let next_cursor = (jobs.len() == filter.limit as usize)
         .then(|| jobs.last().map(encode_cursor))
         .flatten();
-    Ok(Json(json!({ "jobs": jobs, "next_cursor": next_cursor })))
+    Ok(Json(JobPage { jobs, next_cursor }))
 }

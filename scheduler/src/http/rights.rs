@@ -6,13 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use locality_http::{authenticate, identify, ApiError, ApiQuery, Caller};
+use locality_http::{authenticate, identify, ApiError, ApiQuery, Caller, ErrorBody};
 use locality_proto::gdpr::ErasureScope;
 use locality_proto::ids::NO_SUBJECT;
 use locality_proto::{ErrorCode, TenantId};
-use serde_json::json;
 use uuid::Uuid;
 
+use super::answers::{Deliveries, ErasureAccepted, ExportAccepted, ExportBody, OpenErasures};
 use super::jobs::unavailable;
 use super::{refused, HttpState};
 use crate::rights::{ErasureView, ExportView, RightsError};
@@ -23,13 +23,14 @@ impl From<RightsError> for ApiError {
     }
 }
 
-fn accepted(kind: &str, id: Uuid) -> Response {
-    let (path, field) = match kind {
-        "erasure" => (format!("/v1/erasures/{id}"), "erasure_id"),
-        _ => (format!("/v1/exports/{id}"), "export_id"),
+fn erasure_accepted(erasure_id: Uuid) -> Response {
+    let status_url = format!("/v1/erasures/{erasure_id}");
+    let location = [(header::LOCATION, status_url.clone())];
+    let body = ErasureAccepted {
+        erasure_id,
+        status_url,
     };
-    let body = json!({ field: id, "status_url": path });
-    (StatusCode::ACCEPTED, [(header::LOCATION, path)], Json(body)).into_response()
+    (StatusCode::ACCEPTED, location, Json(body)).into_response()
 }
 
 async fn erase(
@@ -42,11 +43,25 @@ async fn erase(
         .request_erasure(tenant, scope)
         .await
         .map_err(|err| refused(control, err.into()))?;
-    Ok(accepted("erasure", erasure_id))
+    Ok(erasure_accepted(erasure_id))
 }
 
 /// `DELETE /v1/subjects/{subject}`: erases everything of one data subject of the
 /// caller's tenant, in every region the tenant is pinned to.
+#[utoipa::path(
+    delete,
+    path = "/v1/subjects/{subject}",
+    tag = "rights",
+    operation_id = "eraseSubject",
+    summary = "Erase everything of one data subject, in every region of the tenant.",
+    params(("subject" = String, Path, description = "The subject's pseudonymous id.", pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 202, description = "Accepted; the same open erasure asked again answers the same id.", body = ErasureAccepted,
+            headers(("Location" = String, description = "The erasure's status"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn erase_subject(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -57,14 +72,30 @@ pub(super) async fn erase_subject(
     erase(&state, &tenant, ErasureScope::Subject { subject }).await
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AssetQuery {
     /// The asset's subject; `_` (the default) for an asset uploaded without one.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     subject: Option<String>,
 }
 
 /// `DELETE /v1/assets/{asset}?subject=`: erases one asset (its original and outputs).
+#[utoipa::path(
+    delete,
+    path = "/v1/assets/{asset}",
+    tag = "rights",
+    operation_id = "eraseAsset",
+    summary = "Erase one asset (its original and every output).",
+    params(("asset" = String, Path, description = "The asset's id.", pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$"), AssetQuery),
+    responses(
+        (status = 202, description = "Accepted; the same open erasure asked again answers the same id.", body = ErasureAccepted,
+            headers(("Location" = String, description = "The erasure's status"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn erase_asset(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -78,6 +109,21 @@ pub(super) async fn erase_asset(
 }
 
 /// `DELETE /v1/tenants/{tenant}`: erases everything of a tenant; the operators' key only.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}",
+    tag = "rights",
+    operation_id = "eraseTenant",
+    summary = "Erase everything of a tenant (the operators' key only).",
+    params(("tenant" = String, Path, description = "The tenant's id.")),
+    responses(
+        (status = 202, description = "Accepted; the same open erasure asked again answers the same id.", body = ErasureAccepted,
+            headers(("Location" = String, description = "The erasure's status"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn erase_tenant(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -112,6 +158,19 @@ fn request_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
 
 /// `GET /v1/erasures/{id}`: the erasure's receipt, region by region. A tenant sees its
 /// own; the operators see any.
+#[utoipa::path(
+    get,
+    path = "/v1/erasures/{erasure_id}",
+    tag = "rights",
+    operation_id = "getErasure",
+    summary = "An erasure's receipt, each region's part signed by that region.",
+    params(("erasure_id" = String, Path, description = "The id the erasure request answered.")),
+    responses(
+        (status = 200, description = "The receipt.", body = ErasureView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn erasure_status(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -132,21 +191,46 @@ pub(super) async fn erasure_status(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no erasure {id}")))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct OpenQuery {
     /// Only `open` (the default): erasures not done yet.
+    #[param(value_type = Option<OpenStatus>, inline)]
     status: Option<String>,
+    /// Erasures listed: 1 to 1000, 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+/// The one state `GET /v1/erasures` lists.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum OpenStatus {
+    Open,
 }
 
 /// `GET /v1/erasures?status=open&limit=`: erasures not done yet, oldest first, with each
 /// region's state and last error. A tenant sees its own; the operators' key sees all.
+#[utoipa::path(
+    get,
+    path = "/v1/erasures",
+    tag = "rights",
+    operation_id = "listOpenErasures",
+    summary = "Erasures not done yet (the tenant's, or every tenant's for the operators), oldest first.",
+    params(OpenQuery),
+    responses(
+        (status = 200, description = "The open erasures.", body = OpenErasures),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn open_erasures(
     State(state): State<HttpState>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<OpenQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<OpenErasures>, ApiError> {
     let control = &state.control;
     let caller = identify(control.config(), &headers)?;
     if query
@@ -174,20 +258,28 @@ pub(super) async fn open_erasures(
         .open_erasures(tenant, limit)
         .await
         .map_err(unavailable)?;
-    Ok(Json(json!({ "erasures": erasures })))
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ExportBody {
-    /// Also write an archive of the files into each region's store, downloadable from
-    /// that region through a signed, expiring link.
-    #[serde(default)]
-    archive: bool,
+    Ok(Json(OpenErasures { erasures }))
 }
 
 /// `POST /v1/subjects/{subject}/exports` (body `{"archive": true}` optional): lists
 /// every object of the subject in every region of the tenant.
+#[utoipa::path(
+    post,
+    path = "/v1/subjects/{subject}/exports",
+    tag = "rights",
+    operation_id = "exportSubject",
+    summary = "List (and optionally archive) every object of a data subject.",
+    params(("subject" = String, Path, description = "The subject's pseudonymous id.", pattern = r"^(?!_$)[A-Za-z0-9_-]{1,64}$")),
+    request_body(content = Option<ExportBody>, description = "Optional; `{}` or no body lists only."),
+    responses(
+        (status = 202, description = "Accepted.", body = ExportAccepted,
+            headers(("Location" = String, description = "The export's status"))),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn export_subject(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -201,24 +293,46 @@ pub(super) async fn export_subject(
     let body = locality_http::read_body(body, limits.max_submission_bytes, deadline)
         .await
         .map_err(|e| refused(control, e))?;
+    // No body, `null` and `{}` all ask for the listing only.
     let options: ExportBody = if body.iter().all(u8::is_ascii_whitespace) {
         ExportBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            refused(
-                control,
-                ApiError::new(ErrorCode::InvalidField, format!("export options: {e}")),
-            )
-        })?
+        serde_json::from_slice::<Option<ExportBody>>(&body)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                refused(
+                    control,
+                    ApiError::new(ErrorCode::InvalidField, format!("export options: {e}")),
+                )
+            })?
     };
     let export_id = control
         .request_export(&tenant, &subject, options.archive)
         .await
         .map_err(|err| refused(control, err.into()))?;
-    Ok(accepted("export", export_id))
+    let status_url = format!("/v1/exports/{export_id}");
+    let location = [(header::LOCATION, status_url.clone())];
+    let body = ExportAccepted {
+        export_id,
+        status_url,
+    };
+    Ok((StatusCode::ACCEPTED, location, Json(body)).into_response())
 }
 
 /// `GET /v1/exports/{id}`: the export's manifest and archive links, region by region.
+#[utoipa::path(
+    get,
+    path = "/v1/exports/{export_id}",
+    tag = "rights",
+    operation_id = "getExport",
+    summary = "Per region, the manifest and the archive's signed download link.",
+    params(("export_id" = String, Path, description = "The id the export request answered.")),
+    responses(
+        (status = 200, description = "The export.", body = ExportView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn export_status(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -235,19 +349,35 @@ pub(super) async fn export_status(
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no export {id}")))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeliveriesQuery {
+    /// Deliveries listed: 1 to 1000, 100 by default.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// `GET /v1/webhooks/deliveries?limit=`: the tenant's latest webhook deliveries, newest
 /// first, with attempts and the last answer.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/deliveries",
+    tag = "rights",
+    operation_id = "listWebhookDeliveries",
+    summary = "The tenant's latest webhook deliveries, newest first.",
+    params(DeliveriesQuery),
+    responses(
+        (status = 200, description = "Deliveries.", body = Deliveries),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    ),
+)]
 pub(super) async fn webhook_deliveries(
     State(state): State<HttpState>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Deliveries>, ApiError> {
     let control = &state.control;
     let tenant = authenticate(control.config(), &headers)?;
     let limit = query.limit.unwrap_or(100);
@@ -261,5 +391,5 @@ pub(super) async fn webhook_deliveries(
         .webhook_deliveries(&tenant, limit)
         .await
         .map_err(unavailable)?;
-    Ok(Json(json!({ "deliveries": deliveries })))
+    Ok(Json(Deliveries { deliveries }))
 }

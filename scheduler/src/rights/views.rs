@@ -11,7 +11,8 @@ use uuid::Uuid;
 use crate::store::{rfc3339, Millis, PartState, RegionPart, RightsRecord};
 
 /// Where a request stands, overall or in one region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where a request, or a region's part of it, stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RequestStatus {
     Waiting,
@@ -53,7 +54,7 @@ fn overall_status(record: &RightsRecord) -> RequestStatus {
 }
 
 /// What a region reported last that went wrong.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PartError {
     pub code: ErrorCode,
     pub message: String,
@@ -68,14 +69,17 @@ fn part_error(part: &RegionPart) -> Option<PartError> {
 
 /// `GET /v1/erasures/{id}`: the erasure and each region's part, with the receipt the
 /// region signed once it is done.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErasureView {
     pub erasure_id: Uuid,
     pub tenant: TenantId,
+    #[schema(value_type = locality_proto::gdpr::ErasureScope)]
     pub scope: serde_json::Value,
     pub status: RequestStatus,
+    #[schema(format = DateTime)]
     pub requested_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     pub objects_deleted: u64,
     pub bytes_deleted: u64,
@@ -83,22 +87,27 @@ pub struct ErasureView {
     pub regions: BTreeMap<RegionId, RegionErasure>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegionErasure {
     pub status: RequestStatus,
     /// `first pass`, `settling` (waiting for work begun before the erasure to end),
     /// `second pass` or `complete`.
+    /// `first pass`, `settling`, `second pass` or `complete`.
+    #[schema(value_type = String)]
     pub phase: &'static str,
     pub objects_deleted: u64,
     pub bytes_deleted: u64,
     pub objects_kept_newer: u64,
     pub attempts: u64,
+    #[schema(format = DateTime)]
     pub deadline: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<PartError>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// Signed by the region: check it with `locality verify-receipt`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,21 +167,23 @@ impl From<RightsRecord> for ErasureView {
 /// `GET /v1/exports/{id}`: per region, how many objects the subject has there and
 /// where the manifest and the archive can be downloaded from (that region's own
 /// endpoint). The keys themselves are in the manifest, in the region.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExportView {
     pub export_id: Uuid,
     pub tenant: TenantId,
     pub subject: String,
     pub status: RequestStatus,
+    #[schema(format = DateTime)]
     pub requested_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     pub objects: u64,
     pub bytes: u64,
     pub regions: BTreeMap<RegionId, RegionExport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegionExport {
     pub status: RequestStatus,
     pub objects: u64,
@@ -187,9 +198,10 @@ pub struct RegionExport {
     pub archive: Option<FileLink>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FileLink {
     pub bytes: u64,
+    #[schema(format = DateTime)]
     pub expires_at: String,
     /// On the region's ingest endpoint (`regions.ID.ingest_url`); a path on this server
     /// when the region has none (`locality up` serves every region's downloads itself).

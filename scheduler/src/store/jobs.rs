@@ -17,7 +17,7 @@ use super::{
 };
 
 /// A job as the control plane knows it; what `GET /v1/jobs/{id}` answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub job_id: Uuid,
     pub tenant: TenantId,
@@ -34,8 +34,10 @@ pub struct JobRecord {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
     /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     pub created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     #[serde(skip)]
     pub created_at_millis: Millis,

@@ -12,16 +12,22 @@ use uuid::Uuid;
 use super::{from_text, millis, ControlStore, Millis, StoreError};
 
 /// A delivery as `GET /v1/webhooks/deliveries` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One webhook delivery: a job result or a purge event, and how it went.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WebhookDelivery {
     pub delivery_id: Uuid,
+    /// `result` or `purge`.
     pub kind: String,
     pub attempts: u32,
     pub delivered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// The last answer: an HTTP status, or why there was none.
     pub last_status: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub created_at_ms: Millis,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
     pub delivered_at_ms: Option<Millis>,
 }
 
