@@ -29,7 +29,9 @@ echo "$password" > "$pwfile"
 [ "$(id -u)" = 0 ] && chown postgres: "$pwfile"
 as_owner "$bindir/initdb" -D "$data" -U locality --auth=scram-sha-256 --pwfile="$pwfile" \
   --encoding=UTF8 --locale=C >&2
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# shellcheck source=scripts/free-port.sh
+source "$(dirname "$0")/free-port.sh"
+port=$(free_port)
 as_owner "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
   -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c fsync=off -c max_connections=200" start >&2
 head -n 1 "$data/postmaster.pid" > "$STATE_DIR/postgres.pid"

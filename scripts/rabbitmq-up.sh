@@ -19,7 +19,8 @@ if ! command -v rabbitmq-server >/dev/null; then
   $SUDO apt-get update -q >&2
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends rabbitmq-server >&2
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/free-port.sh
+source "$(dirname "$0")/free-port.sh"
 # Debian's /usr/sbin wrappers switch to the rabbitmq user; run the real scripts as
 # ourselves so the nodes use our directories and our Erlang cookie (one cookie: one
 # cluster).
@@ -36,7 +37,8 @@ start_node() {
     export RABBITMQ_NODENAME="locality-test-$port@localhost"
     export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_NODE_PORT=$port
-    export RABBITMQ_DIST_PORT=$((port + 20000 > 65000 ? port - 20000 : port + 20000))
+    # 22000-31999 less 12000: below the ephemeral range and apart from the other ports.
+    export RABBITMQ_DIST_PORT=$((port - 12000))
     export RABBITMQ_MNESIA_BASE="$base/mnesia"
     export RABBITMQ_LOG_BASE="$base/log"
     export RABBITMQ_PID_FILE="$base/rabbitmq.pid"

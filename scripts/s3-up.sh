@@ -15,7 +15,8 @@ if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import pika, pro
   python3 -m venv "$VENV" >&2
   "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'pika==1.*' 'prometheus-client==0.*' >&2
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/free-port.sh
+source "$(dirname "$0")/free-port.sh"
 endpoints=()
 for region in eu ca sg; do
   port=$(free_port)

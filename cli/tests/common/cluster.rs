@@ -134,7 +134,9 @@ impl Cluster {
     /// Starts one more scheduler on the same broker and database; returns its index.
     pub async fn add_scheduler(&mut self) -> usize {
         let number = self.schedulers.len();
-        let process = self.spawn_scheduler("127.0.0.1:0", number);
+        // Not port 0: a restart listens where it listened, so the port must be one no
+        // outgoing connection takes meanwhile.
+        let process = self.spawn_scheduler(&format!("127.0.0.1:{}", free_port()), number);
         let url = process.announced(SCHEDULER_READY);
         wait_ready(&self.http, &url, &process).await;
         self.schedulers.push(process);

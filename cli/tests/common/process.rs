@@ -130,12 +130,32 @@ pub async fn wait_ready(http: &reqwest::Client, base_url: &str, process: &Proces
     }
 }
 
+/// A port no one listens on, for a process that is told its address before it starts.
+///
+/// Picked below the kernel's ephemeral range (32768 and up here), so that no outgoing
+/// connection of this or another test takes it as its local port between the pick and
+/// the child's bind, and at random within it, so that parallel test processes do not
+/// pick the same one; a port handed out once in this process is not handed out again.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+    const RANGE: std::ops::Range<u16> = 22_000..32_000;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let seed = RandomState::new();
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    for attempt in 0u64.. {
+        let span = u64::from(RANGE.end - RANGE.start);
+        let port = RANGE.start + (seed.hash_one(attempt) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+        assert!(attempt < 10_000, "no free port in {RANGE:?}");
+    }
+    unreachable!()
 }
 
 /// Runs a command that should exit at once; kills it (and fails) if it is still running
