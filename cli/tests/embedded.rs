@@ -618,3 +618,51 @@ async fn locality_submit_runs_the_quick_starts_job_in_one_command_and_jobs_list_
         "demo-eu has its two jobs, no third: {listed_after:?}"
     );
 }
+
+/// Found by schemathesis: serde's derive took `[]` for the export options (and would
+/// take an envelope as the array of its fields). Both endpoints refuse a body that is
+/// not an object with `invalid_field`, and still take what the description allows.
+#[tokio::test]
+async fn job_and_export_bodies_that_are_arrays_are_refused_with_invalid_field() {
+    let embedded = Embedded::start();
+    let post = |path: String, body: &'static str| {
+        embedded
+            .http
+            .post(format!("{}{path}", embedded.base_url))
+            .bearer_auth(common::api_key("demo-eu"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (path, body) in [
+        ("/v1/subjects/someone/exports", "[]"),
+        ("/v1/subjects/someone/exports", "[true]"),
+        (
+            "/v1/jobs",
+            r#"[1,"demo-eu",{"key":"a.jpg"},null,null,[["t",8,8,"cover","jpeg"]]]"#,
+        ),
+        (
+            "/v1/jobs",
+            r#"{"v":1,"tenant":"demo-eu","source":["a.jpg"],"preset":"thumbs"}"#,
+        ),
+    ] {
+        let answer = post(path.to_string(), body).await.unwrap();
+        let status = answer.status();
+        let refusal: Value = answer.json().await.unwrap();
+        assert_eq!(status, 422, "{path} {body}: {refusal}");
+        assert_eq!(refusal["error"]["code"], "invalid_field", "{refusal}");
+        assert!(
+            refusal["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("a JSON object"),
+            "{refusal}"
+        );
+    }
+    for body in ["", "null", "{}", r#"{"archive": false}"#] {
+        let answer = post("/v1/subjects/someone/exports".to_string(), body)
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202, "{body:?}");
+    }
+}

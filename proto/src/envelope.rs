@@ -20,6 +20,7 @@ pub struct JobEnvelope {
     /// The tenant whose API key authenticates the request.
     #[schema(pattern = r"^[a-z0-9][a-z0-9-]{0,63}$")]
     pub tenant: String,
+    #[serde(deserialize_with = "crate::json::object")]
     pub source: SourceRef,
     /// Pseudonymous id of the person the image is about; makes their files one prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,7 +32,11 @@ pub struct JobEnvelope {
     pub asset: Option<String>,
     /// The outputs to make (with a preset's, if one is named): at most
     /// `limits.max_outputs_per_job` (16 by default), names unique, at least one in all.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::json::objects"
+    )]
     #[schema(max_items = 16)]
     pub outputs: Vec<OutputSpec>,
     /// Name of a tenant preset, used instead of (or in addition to) `outputs`.

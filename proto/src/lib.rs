@@ -25,6 +25,7 @@ pub mod envelope;
 pub mod error_code;
 pub mod gdpr;
 pub mod ids;
+pub mod json;
 pub mod keys;
 pub mod limits;
 pub mod privacy;

@@ -205,7 +205,8 @@ impl JobEnvelope {
                 return Err(Refusal::UnsupportedVersion { version });
             }
         }
-        serde_json::from_slice(bytes).map_err(|err| Refusal::invalid("envelope", err.to_string()))
+        crate::json::from_object_slice(bytes)
+            .map_err(|err| Refusal::invalid("envelope", err.to_string()))
     }
 
     /// Validates the envelope for the tenant that authenticated the request.

@@ -244,3 +244,21 @@ fn two_regions_cannot_share_a_store() {
         "{err}"
     );
 }
+
+/// serde's derive alone takes a struct as the array of its fields in order; the same
+/// envelope that way, whole or in part, is refused as the description says.
+#[test]
+fn an_envelope_or_its_parts_as_arrays_of_fields_are_refused_when_parsing() {
+    let as_object = br#"{"v":1,"tenant":"demo-eu","source":{"key":"a.jpg"},
+        "outputs":[{"name":"x","width":8,"height":8,"format":"jpeg"}]}"#;
+    JobEnvelope::from_json(as_object).unwrap();
+    for as_arrays in [
+        br#"[1,"demo-eu",{"key":"a.jpg"}]"#.as_slice(),
+        br#"{"v":1,"tenant":"demo-eu","source":["a.jpg"]}"#,
+        br#"{"v":1,"tenant":"demo-eu","source":{"key":"a.jpg"},"outputs":[["x",8,8,"cover","jpeg"]]}"#,
+    ] {
+        let refusal = JobEnvelope::from_json(as_arrays).unwrap_err();
+        assert_eq!(refusal.code().as_str(), "invalid_field", "{refusal}");
+        assert!(refusal.to_string().contains("a JSON object"), "{refusal}");
+    }
+}

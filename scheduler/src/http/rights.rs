@@ -294,17 +294,15 @@ pub(super) async fn export_subject(
         .await
         .map_err(|e| refused(control, e))?;
     // No body, `null` and `{}` all ask for the listing only.
-    let options: ExportBody = if body.iter().all(u8::is_ascii_whitespace) {
+    let options: ExportBody = if body.trim_ascii().is_empty() || body.trim_ascii() == b"null" {
         ExportBody::default()
     } else {
-        serde_json::from_slice::<Option<ExportBody>>(&body)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| {
-                refused(
-                    control,
-                    ApiError::new(ErrorCode::InvalidField, format!("export options: {e}")),
-                )
-            })?
+        locality_proto::json::from_object_slice::<ExportBody>(&body).map_err(|e| {
+            refused(
+                control,
+                ApiError::new(ErrorCode::InvalidField, format!("export options: {e}")),
+            )
+        })?
     };
     let export_id = control
         .request_export(&tenant, &subject, options.archive)
